@@ -1,0 +1,1 @@
+"""Upstream adapters: one file per upstream behind the contract in `adapters.base`."""

@@ -1,0 +1,81 @@
+"""The internal job model: `JobSpec` (what to make) and `JobStatus` (where it stands).
+
+Every public surface (OpenAI images and chat, BFL-style, Replicate-style) builds a JobSpec;
+the JobService turns it into a persisted job and runs it. A job's life:
+
+    queued -> running -> succeeded | failed | canceled
+
+`stage` records the finer step (validated, reserved, submitted, ..., settled/released) and the
+job's `timeline` keeps a timestamp for every stage.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class Stage(enum.StrEnum):
+    CREATED = "created"
+    RESERVED = "reserved"
+    ROUTED = "routed"
+    SUBMITTED = "submitted"
+    UPSTREAM_DONE = "upstream_done"
+    STORED = "stored"
+    SETTLED = "settled"
+    RELEASED = "released"
+    FAILED = "failed"
+
+
+class JobSpec(BaseModel):
+    """One image to make, fully validated: inputs are already stored file ids.
+
+    `model` is our canonical model name. `aspect_ratio` is "W:H" within range, or None for
+    the default (input image's ratio, else 1:1). `seed` is always set (random seeds are drawn
+    before the spec is built, so they can be reported)."""
+
+    key_id: str
+    key_mode: Literal["live", "test"] = "live"
+    price_group: str | None = None
+    surface: str = "openai.images"  # which public API created it
+    batch_id: str | None = None
+    model: str
+    operation: Literal["generate", "edit"] = "generate"
+    prompt: str
+    input_file_ids: list[str] = Field(default_factory=list)
+    mask_file_id: str | None = None
+    aspect_ratio: str | None = None
+    seed: int
+    output_format: OutputFormat = "png"
+    safety_tolerance: int | None = None
+    prompt_upsampling: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict)
+    webhook_url: str | None = None
+    notes: list[str] = Field(default_factory=list)  # decisions worth recording on the job
+
+
+class JobOutput(BaseModel):
+    """One stored result of a job."""
+
+    file_id: str
+    ext: str
+    content_type: str
+    width: int
+    height: int
+    size: int

@@ -1,0 +1,185 @@
+"""The one Settings model: an optional YAML file, then environment overrides.
+
+Environment variables use the `FLUXGATE_` prefix and `__` for nesting
+(`FLUXGATE_STORAGE__URL_TTL=600`). With no file at all the embedded default applies: SQLite at
+`$FLUXGATE_DATA_DIR/fluxgate.db`, files under `$FLUXGATE_DATA_DIR/files`, in-process rate
+limiting and the sandbox upstream serving every model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line that names the field."""
+
+
+class ChannelSettings(BaseModel):
+    """One upstream channel (see config.example.yaml for every type)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: Literal["bfl", "replicate", "fal", "openai", "sandbox", "comfyui", "local_worker"]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    models: list[str] | dict[str, str] | None = None  # None: every model the adapter knows
+    priority: int = 0
+    weight: int = Field(default=1, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    cost_per_image: float | None = None  # USD, the upstream's own price
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def model_map(self) -> dict[str, str]:
+        """Our model name -> the upstream's, for the models this channel serves."""
+        if isinstance(self.models, dict):
+            return dict(self.models)
+        return {m: m for m in self.models or []}
+
+
+class StorageSettings(BaseModel):
+    """Where re-hosted files live and how their URLs are signed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "s3"] = "local"
+    path: Path | None = None  # local: default $data_dir/files
+    url_ttl: int = Field(default=7 * 24 * 3600, ge=60)  # seconds a signed file URL stays valid
+    signing_secret: str | None = None  # default: generated once into $data_dir/secret.key
+
+
+class JobSettings(BaseModel):
+    """Timings of the job lifecycle, in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deadline: float = Field(default=600.0, gt=0)  # a job not done by then fails (stuck upstream)
+    poll_initial: float = Field(default=0.5, gt=0)
+    poll_max: float = Field(default=5.0, gt=0)
+    submit_timeout: float = Field(default=30.0, gt=0)
+    download_timeout: float = Field(default=30.0, gt=0)
+    sync_wait: float = Field(default=600.0, gt=0)  # how long a synchronous call waits
+
+
+class LimitSettings(BaseModel):
+    """Input limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_input_images: int = Field(default=4, ge=1, le=8)
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=20_000_000, ge=1024)
+    fetch_timeout: float = Field(default=20.0, gt=0)
+    fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
+
+
+class BillingSettings(BaseModel):
+    """Currency and prices (USD per image unless `currency` says otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str = "USD"
+    prices: dict[str, float] = Field(default_factory=lambda: {
+        "flux-kontext-pro": 0.04, "flux-kontext-max": 0.08, "flux-kontext-dev": 0.025})
+    price_groups: dict[str, float] = Field(default_factory=dict)
+    moderation_fee: float = 0.0
+
+
+class Settings(BaseSettings):
+    """Every setting of fluxgate. Build it with `load_settings()`."""
+
+    model_config = SettingsConfigDict(env_prefix="FLUXGATE_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None  # default sqlite+aiosqlite:///$data_dir/fluxgate.db
+    auto_migrate: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: str | None = None  # default http://{host}:{port}
+    redis_url: str | None = None
+    admin_token: str | None = None
+    log_level: str = "INFO"
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    channels: list[ChannelSettings] = Field(default_factory=list)
+    sandbox: dict[str, Any] = Field(default_factory=dict)  # options of the default sandbox
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # env wins over the YAML file, which arrives as init kwargs
+        return (env_settings, init_settings)
+
+    # derived values -------------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'fluxgate.db'}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.storage.path or self.data_dir / "files"
+
+    @property
+    def resolved_public_base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def _first_error_line(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(root)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid configuration in {source}: {field}: {err['msg']}{more}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `config_file` (or `$FLUXGATE_CONFIG`, if set), the environment and
+    `overrides`. Raises ConfigError with one line naming the bad field."""
+    path = config_file or os.environ.get("FLUXGATE_CONFIG")
+    data: dict[str, Any] = {}
+    source = "environment"
+    if path:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc, source)) from exc

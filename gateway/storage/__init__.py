@@ -1,0 +1,1 @@
+"""Re-hosted files: the Storage protocol, its implementations, signed URLs."""
