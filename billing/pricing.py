@@ -37,4 +37,4 @@ class PriceTable:
         unit = self.by_operation.get(model, {}).get(operation,
                                                     self.prices.get(model, self.default_price))
         multiplier = self.groups.get(group, 1.0) if group else 1.0
-        return int(round(unit * multiplier)) * n
+        return round(unit * multiplier) * n

@@ -67,7 +67,7 @@ def error_response(exc: Exception) -> JSONResponse:
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
-        headers["retry-after"] = str(max(1, int(round(retry_after))))
+        headers["retry-after"] = str(max(1, round(retry_after)))
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
     headers["x-should-retry"] = "true" if retryable else "false"
     return JSONResponse(envelope(message, type_, param, code), status_code=status,
