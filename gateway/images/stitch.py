@@ -77,12 +77,13 @@ def plan_layout(sizes: Sequence[tuple[int, int]], *, max_pixels: int) -> tuple[T
 
 def stitch(images: Sequence[bytes], *, max_pixels: int = 20_000_000,
            output_format: OutputFormat = "png", param: str = "image",
-           max_bytes: int = 20 * 1024 * 1024) -> Stitched:
+           max_bytes: int = 20 * 1024 * 1024, max_input_pixels: int = 20_000_000) -> Stitched:
     """One image holding `images` left to right, heights equalised (see `plan_layout`).
 
-    Every input is validated like an input image (raising as `open_image` does, naming
-    `param[i]`); the output is within `max_pixels`, RGBA when any input has transparency (RGB
-    for JPEG), resampled with LANCZOS. Raises InvalidRequest when `images` is empty.
+    Every input is validated like an input image against `max_bytes`/`max_input_pixels`
+    (raising as `open_image` does, naming `param[i]`); the output is within `max_pixels`, RGBA
+    when any input has transparency (RGB for JPEG), resampled with LANCZOS.
+    Raises InvalidRequest when `images` is empty.
     """
     if not images:
         raise InvalidRequest(f"{param}: at least one image is required.", param=param)
@@ -90,7 +91,7 @@ def stitch(images: Sequence[bytes], *, max_pixels: int = 20_000_000,
     try:
         for i, data in enumerate(images):
             opened.append(open_image(data, param=f"{param}[{i}]", max_bytes=max_bytes,
-                                     max_pixels=max_pixels))
+                                     max_pixels=max_input_pixels))
         layout = plan_layout([im.size for im in opened], max_pixels=max_pixels)
         alpha = output_format != "jpeg" and any(
             "A" in im.getbands() or "transparency" in im.info for im in opened)
