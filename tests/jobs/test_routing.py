@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,9 @@ import respx
 from adapters.base import UpstreamRejected, UpstreamRequest
 from adapters.sandbox import SandboxAdapter
 from gateway.jobs.routing import Channel, CircuitBreaker, Router, build_router
-from gateway.settings import ChannelSettings, ConfigError, Settings
+from gateway.settings import ChannelSettings, ConfigError, Settings, load_settings
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config.example.yaml"
 
 
 class FakeClock:
@@ -294,3 +297,12 @@ async def test_bad_channel_is_a_config_error(client: httpx.AsyncClient,
                                              channel: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"channels\.x"):
         build_router(settings(channel), client, env={"BFL_API_KEY": "k"})
+
+
+async def test_config_example_channels_build(client: httpx.AsyncClient) -> None:
+    cfg = load_settings(EXAMPLE_CONFIG)
+    env = {"BFL_API_KEY": "b", "FAL_KEY": "f", "REPLICATE_API_TOKEN": "r"}
+    router = build_router(cfg, client, env=env, rng=random.Random(0))
+    assert {c.kind for c in router.channels} == {"bfl", "fal", "replicate", "openai", "sandbox"}
+    assert [c.name for c in router.candidates("flux-kontext-pro")] == ["bfl", "fal", "replicate"]
+    assert router.test_channel is not None and router.test_channel.kind == "sandbox"
