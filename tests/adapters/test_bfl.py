@@ -249,3 +249,39 @@ async def test_poll_failures_are_unavailable(client: httpx.AsyncClient, mock: re
 async def test_cancel_is_a_no_op(client: httpx.AsyncClient, mock: respx.MockRouter) -> None:
     await make(client).cancel(UpstreamJob(id="task-123", poll_url=POLL))
     assert len(mock.calls) == 0
+
+
+async def test_blackholed_download_fails_at_the_deadline(client: httpx.AsyncClient,
+                                                         mock: respx.MockRouter) -> None:
+    import asyncio
+    import time
+
+    async def blackhole(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200, content=b"late")
+
+    mock.get(SAMPLE).mock(side_effect=blackhole)
+    adapter = BflAdapter(BflOptions(download_timeout=0.2), KEY, None, client)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable):
+        await adapter.download(UpstreamOutput(url=SAMPLE))
+    assert 0.15 < time.monotonic() - started < 1.0
+
+
+async def test_submit_past_its_deadline_is_ambiguous(client: httpx.AsyncClient,
+                                                     mock: respx.MockRouter) -> None:
+    import asyncio
+
+    seen: list[httpx.Request] = []
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        seen.append(request)  # respx records a call only once it is answered
+        await asyncio.sleep(5)
+        return accepted()
+
+    route = mock.post("https://api.bfl.ai/v1/flux-kontext-pro").mock(side_effect=hang)
+    adapter = BflAdapter(BflOptions(submit_timeout=0.2), KEY, None, client)
+    with pytest.raises(UpstreamAmbiguous):
+        await adapter.submit(UpstreamRequest(model="flux-kontext-pro", prompt="x"))
+    assert len(seen) == 1
+    assert route.call_count == 0
