@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters import transport
 from adapters.base import (
     Capabilities,
+    UpstreamAmbiguous,
     UpstreamJob,
     UpstreamOutput,
     UpstreamRejected,
@@ -104,8 +105,8 @@ def _from_submit(data: dict[str, Any]) -> UpstreamJob:
     """The accepted job from BFL's create answer."""
     job_id, polling_url = data.get("id"), data.get("polling_url")
     if not isinstance(job_id, str) or not isinstance(polling_url, str):
-        raise UpstreamRejected(f"BFL answered without id/polling_url: {list(data)}",
-                               code="bad_upstream_answer", retryable=True)
+        raise UpstreamAmbiguous(f"BFL accepted without id/polling_url: {sorted(data)}",
+                                code="ambiguous_submit")
     cost = data.get("cost")
     return UpstreamJob(id=job_id, poll_url=polling_url, handle={"polling_url": polling_url},
                        progress=0.0,
@@ -186,8 +187,8 @@ class BflAdapter:
         try:
             data = resp.json()
         except ValueError as exc:
-            raise UpstreamRejected("BFL answered with a body that is not JSON",
-                                   code="bad_upstream_answer", retryable=True) from exc
+            raise UpstreamAmbiguous("BFL answered 2xx with a body that is not JSON",
+                                    code="ambiguous_submit") from exc
         return _from_submit(data if isinstance(data, dict) else {})
 
     async def poll(self, job: UpstreamJob) -> UpstreamJob:

@@ -217,15 +217,18 @@ class Router:
                     seen[m] = None
         return list(seen)
 
-    def candidates(self, model: str, kinds: set[str] | None = None) -> list[Channel]:
+    def candidates(self, model: str, kinds: set[str] | None = None, *,
+                   input_images: int = 0) -> list[Channel]:
         """Channels able to take `model` now, in the order to try them.
 
-        Skips disabled channels and channels whose breaker refuses; listing a half-open
-        channel claims its single probe.
+        Skips disabled channels, channels whose adapter takes fewer than `input_images`
+        images, and channels whose breaker refuses; listing a half-open channel claims its
+        single probe.
         """
         usable = [c for c in self.channels
                   if c.serves(model) and c.disabled_reason is None
-                  and (kinds is None or c.kind in kinds)]
+                  and (kinds is None or c.kind in kinds)
+                  and c.adapter.capabilities.max_input_images >= input_images]
         ordered: list[Channel] = []
         for prio in sorted({c.priority for c in usable}, reverse=True):
             tier = [c for c in usable if c.priority == prio]

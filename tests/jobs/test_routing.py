@@ -254,6 +254,8 @@ async def test_zero_config_channels_from_env(client: httpx.AsyncClient) -> None:
     assert all(c.disabled_reason is None for c in router.channels)
     assert [c.name for c in router.candidates("flux-kontext-pro")] == ["bfl", "fal", "replicate"]
     assert [c.name for c in router.candidates("flux-kontext-dev")] == ["replicate"]
+    assert [c.name for c in router.candidates("flux-kontext-pro", input_images=3)] == \
+        ["bfl", "fal"]
     assert router.test_channel is not None and router.test_channel.kind == "sandbox"
     assert router.test_channel not in router.channels
     assert router.get("sandbox") is router.test_channel
