@@ -19,6 +19,7 @@ from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
+from gateway.logcontext import RequestIdMiddleware
 from gateway.settings import Settings
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False)
+    app.add_middleware(RequestIdMiddleware)
     errors.install(app)
     for module in (health, images, files):
         app.include_router(module.router)

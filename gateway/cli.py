@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import keys as key_service
 from billing.pricing import MICRO, to_micro
+from gateway import logcontext
 from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.settings import ConfigError, Settings, load_settings
 
@@ -70,8 +70,7 @@ def serve(config: ConfigOpt = None,
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(config, **overrides)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logcontext.configure(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=25)
 

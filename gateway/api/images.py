@@ -31,8 +31,9 @@ DeskDep = Annotated[OrderDesk, Depends(get_desk)]
 
 
 def customer_of(principal: Principal) -> Customer:
-    mode = "test" if principal.mode == "test" else "live"
-    return Customer(key_id=principal.key_id, mode=mode, price_group=principal.price_group)
+    if principal.mode == "test":
+        return Customer(key_id=principal.key_id, mode="test", price_group=principal.price_group)
+    return Customer(key_id=principal.key_id, mode="live", price_group=principal.price_group)
 
 
 def parse_response_format(value: str | None) -> str | None:

@@ -34,6 +34,7 @@ from adapters.base import (
 from adapters.buckets import nearest_ratio
 from billing import ledger
 from billing.pricing import PriceTable, to_micro
+from gateway import logcontext
 from gateway.errors import (
     ContentPolicy,
     GatewayError,
@@ -179,6 +180,7 @@ class JobService:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def _run_guarded(self, job_id: str) -> None:
+        logcontext.job_id.set(job_id)  # this task's own context
         try:
             await self._run(job_id)
         except asyncio.CancelledError:
@@ -241,7 +243,8 @@ class JobService:
 
     def _channels_for(self, spec: JobSpec, inputs: int) -> list[Channel]:
         if spec.key_mode == "test":
-            return [self.router.test_channel]
+            test = self.router.test_channel
+            return [test] if test is not None else []
         return self.router.candidates(spec.model, input_images=inputs)
 
     def _request_for(self, spec: JobSpec, channel: Channel,
@@ -280,6 +283,7 @@ class JobService:
             await channel.acquire(spec.model)
             try:
                 attempts += 1
+                logcontext.channel.set(channel.name)
                 req = self._request_for(spec, channel, inputs)
                 await self._update(row.id, stage=Stage.ROUTED, channel=channel.name,
                                    upstream_model=req.model, attempts=attempts,
