@@ -236,10 +236,10 @@ async def usage_report(session: AsyncSession, *, key_id: str | None = None,
     if key_id is not None:
         report.balance = (await session.execute(
             select(ApiKeyRow.balance).where(ApiKeyRow.id == key_id))).scalar_one_or_none()
-        sums = dict((await session.execute(
+        sums = {kind: total for kind, total in await session.execute(
             select(LedgerRow.kind, func.sum(LedgerRow.amount))
             .where(LedgerRow.key_id == key_id, LedgerRow.kind.in_(("topup", "adjustment")))
-            .group_by(LedgerRow.kind))).tuples().all())
+            .group_by(LedgerRow.kind))}
         report.topups = int(sums.get("topup") or 0)
         report.adjustments = int(sums.get("adjustment") or 0)
     return report
