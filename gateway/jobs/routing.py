@@ -18,6 +18,7 @@ import httpx
 
 from adapters.base import Adapter
 from adapters.registry import build_adapter
+from adapters.sandbox import SandboxAdapter
 from billing.pricing import to_micro
 from gateway.settings import ChannelSettings, Settings
 
@@ -114,9 +115,14 @@ class Channel:
 class Router:
     """Orders the channels that may take a job."""
 
-    def __init__(self, channels: list[Channel], rng: random.Random | None = None) -> None:
+    def __init__(self, channels: list[Channel], rng: random.Random | None = None,
+                 test_channel: Channel | None = None) -> None:
         self.channels = channels
         self._rng = rng or random.Random()
+        #: the sandbox that serves test-mode keys, whatever the live channels are
+        self.test_channel = test_channel or next(
+            (c for c in channels if c.kind == "sandbox"),
+            Channel(ChannelSettings(name="sandbox-test", type="sandbox"), SandboxAdapter()))
 
     def get(self, name: str) -> Channel | None:
         return next((c for c in self.channels if c.name == name), None)

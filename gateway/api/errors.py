@@ -1,0 +1,108 @@
+"""Exception -> HTTP answer, in one table. Every error is the OpenAI envelope
+`{"error": {"message", "type", "param", "code"}}`; errors that would fail again carry
+`x-should-retry: false`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from billing.errors import BillingError, InsufficientFunds, InvalidKey, KeyForbidden
+from gateway import errors as ge
+
+log = logging.getLogger(__name__)
+
+#: exception class -> (status, OpenAI error type); the first matching class wins (MRO order)
+STATUS: dict[type[Exception], tuple[int, str]] = {
+    ge.ContentPolicy: (400, "invalid_request_error"),
+    ge.PayloadTooLarge: (413, "invalid_request_error"),
+    ge.UnsupportedMedia: (415, "invalid_request_error"),
+    ge.InvalidRequest: (400, "invalid_request_error"),
+    ge.AuthenticationError: (401, "authentication_error"),
+    ge.PermissionDenied: (403, "permission_error"),
+    ge.NotFound: (404, "invalid_request_error"),
+    ge.Conflict: (409, "conflict_error"),
+    ge.Unprocessable: (422, "invalid_request_error"),
+    ge.RateLimited: (429, "rate_limit_error"),
+    ge.UpstreamError: (502, "upstream_error"),
+    ge.ServiceUnavailable: (503, "service_unavailable"),
+    ge.Timeout: (504, "timeout_error"),
+    InvalidKey: (401, "authentication_error"),
+    KeyForbidden: (403, "permission_error"),
+    InsufficientFunds: (402, "insufficient_quota"),
+    BillingError: (400, "invalid_request_error"),
+}
+CODES: dict[type[Exception], str] = {
+    InvalidKey: "invalid_api_key",
+    KeyForbidden: "permission_denied",
+    InsufficientFunds: "insufficient_quota",
+}
+
+
+def envelope(message: str, type_: str, param: str | None = None,
+             code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def status_for(exc: Exception) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500, "server_error"
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The HTTP answer for a gateway or billing error."""
+    status, type_ = status_for(exc)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    param = getattr(exc, "param", None)
+    code = getattr(exc, "code", None)
+    if code is None:
+        code = next((CODES[c] for c in type(exc).__mro__ if c in CODES), None)
+    headers = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, int(round(retry_after))))
+    retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
+    headers["x-should-retry"] = "true" if retryable else "false"
+    return JSONResponse(envelope(message, type_, param, code), status_code=status,
+                        headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+
+    async def gateway_error(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]
+        param = ".".join(loc) or None
+        message = f"Invalid {param}: {err.get('msg')}" if param else str(err.get("msg"))
+        return error_response(ge.InvalidRequest(message, param=param))
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        return JSONResponse(envelope(str(exc.detail), type_, None, code), status_code=status,
+                            headers={"x-should-retry": "false"})
+
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(envelope("The server had an error while processing your request.",
+                                     "server_error", None, "internal_error"), status_code=500)
+
+    app.add_exception_handler(ge.GatewayError, gateway_error)
+    app.add_exception_handler(BillingError, gateway_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,51 @@
+"""GET /healthz and GET /v1/models."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from gateway.api.deps import PrincipalDep, ServicesDep
+from gateway.api.schemas import ModelCard, ModelList
+from gateway.errors import NotFound
+from gateway.models import resolve_model
+
+router = APIRouter()
+_CREATED = 1748736000  # 2025-06-01: the Kontext release month; stable for model pickers
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz(services: ServicesDep) -> dict[str, object]:
+    async with services.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    return {
+        "status": "ok",
+        "channels": [{"name": c.name, "type": c.kind, "label": c.label,
+                      "disabled": c.disabled_reason, "breaker": c.breaker.state}
+                     for c in services.router.channels],
+    }
+
+
+def _cards(services: ServicesDep, allowed: tuple[str, ...] | None) -> list[ModelCard]:
+    owner = {c.kind for c in services.router.channels}
+    owned_by = "fluxgate-sandbox" if owner == {"sandbox"} else "black-forest-labs"
+    return [ModelCard(id=m, created=_CREATED, owned_by=owned_by)
+            for m in services.router.models() if allowed is None or m in allowed]
+
+
+@router.get("/v1/models")
+async def list_models(principal: PrincipalDep, services: ServicesDep) -> ModelList:
+    """The models this key may use, in OpenAI's shape."""
+    return ModelList(data=_cards(services, principal.models))
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, principal: PrincipalDep, services: ServicesDep) -> ModelCard:
+    canonical = resolve_model(model_id)
+    for card in _cards(services, principal.models):
+        if card.id == canonical:
+            return card
+    raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.",
+                   param="model", code="model_not_found")

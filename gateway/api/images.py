@@ -1,0 +1,95 @@
+"""OpenAI images API: POST /v1/images/generations (edits live in `edits.py`)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from gateway.api.deps import Principal, PrincipalDep, Services, ServicesDep
+from gateway.api.schemas import ImageGenerationRequest
+from gateway.errors import InvalidRequest, Timeout
+from gateway.jobs import intake
+from gateway.jobs.model import JobStatus
+from gateway.jobs.orders import Customer, Order, OrderDesk
+from gateway.jobs.service import job_error
+from gateway.jobs.tables import JobRow
+from gateway.models import resolve_model
+
+router = APIRouter()
+
+
+def get_desk(services: ServicesDep) -> OrderDesk:
+    return OrderDesk(jobs=services.jobs, files=services.files, fetcher=services.fetcher,
+                     limits=services.settings.limits)
+
+
+DeskDep = Annotated[OrderDesk, Depends(get_desk)]
+
+
+def customer_of(principal: Principal) -> Customer:
+    mode = "test" if principal.mode == "test" else "live"
+    return Customer(key_id=principal.key_id, mode=mode, price_group=principal.price_group)
+
+
+def parse_response_format(value: str | None) -> str | None:
+    """`url`, `b64_json`, or None (= both fields filled)."""
+    if value is None or value == "":
+        return None
+    if value not in ("url", "b64_json"):
+        raise InvalidRequest(f"Invalid response_format {value!r}: use 'url' or 'b64_json'.",
+                             param="response_format", code="invalid_response_format")
+    return value
+
+
+async def images_response(services: Services, rows: list[JobRow], response_format: str | None,
+                          ) -> dict[str, Any]:
+    """The OpenAI ImagesResponse for finished jobs; raises the first job's error when no job
+    succeeded, Timeout when they are still running."""
+    done = [r for r in rows if r.status == JobStatus.SUCCEEDED.value]
+    if not done:
+        failed = [r for r in rows if r.status == JobStatus.FAILED.value]
+        if failed:
+            raise job_error(failed[0])
+        raise Timeout("The image is not ready yet; it keeps running and will be stored.",
+                      code="timeout")
+    data = []
+    first = done[0].outputs[0]
+    for row in done:
+        for output in row.outputs:
+            item: dict[str, Any] = {"revised_prompt": row.prompt, "seed": row.seed}
+            if response_format in (None, "url"):
+                item["url"] = services.files.url(output["file_id"], output["ext"])
+            if response_format in (None, "b64_json"):
+                _, blob = await services.files.read(output["file_id"])
+                item["b64_json"] = base64.b64encode(blob).decode()
+            data.append(item)
+    return {"created": int(time.time()), "data": data, "output_format": first["ext"],
+            "size": f"{first['width']}x{first['height']}"}
+
+
+@router.post("/v1/images/generations")
+async def create_image(body: ImageGenerationRequest, principal: PrincipalDep,
+                       services: ServicesDep, desk: DeskDep) -> JSONResponse:
+    """Generate (or, with input images, edit) `n` images and wait for them."""
+    model = resolve_model(body.model)
+    principal.check_model(model)
+    response_format = parse_response_format(body.response_format)
+    urls, prompt = intake.split_leading_urls(body.prompt)
+    refs = intake.collect_image_refs(body.model_dump())
+    refs += [(f"prompt[{i}]", url) for i, url in enumerate(urls)]
+    order = Order(
+        model=model, prompt=prompt, n=intake.parse_n(body.n), seed=intake.parse_seed(body.seed),
+        operation="edit" if refs else "generate",
+        aspect_ratio=intake.choose_aspect_ratio(aspect_ratio=body.aspect_ratio, size=body.size),
+        output_format=intake.parse_output_format(body.output_format),
+        safety_tolerance=intake.parse_safety(body.safety_tolerance),
+        prompt_upsampling=intake.parse_bool(body.prompt_upsampling or False,
+                                            param="prompt_upsampling"),
+        image_refs=refs, webhook_url=body.webhook_url)
+    rows = await desk.place(customer_of(principal), order)
+    rows = await services.jobs.wait([r.id for r in rows])
+    return JSONResponse(await images_response(services, rows, response_format))

@@ -1,0 +1,110 @@
+"""create_app(settings): the composition root. Wires the database, HTTP clients, storage,
+adapters, billing and the job service, and mounts every API module."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from billing.pricing import PriceTable, to_micro
+from gateway import __version__
+from gateway.api import errors, files, health, images
+from gateway.api.deps import Services
+from gateway.database import make_engine, make_sessionmaker, upgrade
+from gateway.images.fetch import ImageFetcher
+from gateway.jobs.routing import build_router
+from gateway.jobs.service import JobService
+from gateway.settings import Settings
+from gateway.storage.files import FileStore
+from gateway.storage.local import LocalStorage
+from gateway.storage.signing import UrlSigner, load_or_create_secret
+
+log = logging.getLogger("gateway")
+
+
+def price_table(settings: Settings) -> PriceTable:
+    return PriceTable(prices={m: to_micro(p) for m, p in settings.billing.prices.items()},
+                      groups=dict(settings.billing.price_groups))
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+async def build_services(settings: Settings) -> Services:
+    """Create every long-lived component (call `close_services` to release them)."""
+    engine = make_engine(settings.resolved_database_url)
+    if settings.auto_migrate:
+        await upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    timeout = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
+    http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200),
+                             headers={"user-agent": f"fluxgate/{__version__}"})
+    storage = LocalStorage(settings.files_dir)
+    secret = (settings.storage.signing_secret.encode() if settings.storage.signing_secret
+              else load_or_create_secret(settings.data_dir / "secret.key"))
+    signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
+    file_store = FileStore(storage, sessions, signer)
+    router = build_router(settings, http)
+    fetcher = ImageFetcher(http, max_bytes=settings.limits.max_image_bytes,
+                           timeout=settings.limits.fetch_timeout)
+    prices = price_table(settings)
+    jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
+                      settings=settings.jobs,
+                      moderation_fee=to_micro(settings.billing.moderation_fee))
+    return Services(settings=settings, engine=engine, sessions=sessions, http=http,
+                    router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices)
+
+
+async def close_services(services: Services) -> None:
+    await services.jobs.close()
+    await services.http.aclose()
+    await services.engine.dispose()
+
+
+def startup_report(services: Services) -> list[str]:
+    """What the start-up log says: address, database, storage, upstreams and their models."""
+    s = services.settings
+    lines = [f"fluxgate {__version__} listening on http://{s.host}:{s.port} "
+             f"(public URL {s.resolved_public_base_url})",
+             f"database: {redact_url(s.resolved_database_url)}",
+             f"storage: {services.files.storage.name}",
+             f"rate limits: {'redis' if s.redis_url else 'in-process'}"]
+    for ch in services.router.channels:
+        label = " [SANDBOX: synthetic images, no real model]" if ch.kind == "sandbox" else ""
+        lines.append(f"upstream {ch.name} ({ch.kind}){label}: {', '.join(ch.model_map)}")
+    return lines
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI application for `settings`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await build_services(settings)
+        app.state.services = services
+        for line in startup_report(services):
+            log.info(line)
+        await services.jobs.resume()
+        try:
+            yield
+        finally:
+            await close_services(services)
+
+    app = FastAPI(title="fluxgate", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible gateway for FLUX.1 Kontext")
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                       allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
+                       allow_credentials=False)
+    errors.install(app)
+    for module in (health, images, files):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,111 @@
+"""Orders: one client request for `n` images, normalised, turned into JobSpecs and placed.
+
+Every public surface (OpenAI images and chat, BFL-style, Replicate-style) fills an `Order`
+with already-parsed values and calls `OrderDesk.place`; the desk fetches and validates input
+images (before any upstream call or charge), stores them, builds one JobSpec per image and
+hands them to the JobService.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from adapters.base import InputImage
+from gateway.errors import InvalidRequest
+from gateway.images.fetch import ImageFetcher
+from gateway.images.validate import validate_image
+from gateway.jobs.intake import MAX_SEED
+from gateway.jobs.model import JobSpec, OutputFormat
+from gateway.jobs.service import JobService
+from gateway.jobs.tables import JobRow
+from gateway.settings import LimitSettings
+from gateway.storage.files import FileStore
+
+
+@dataclass(slots=True)
+class Order:
+    """What a client asked for, parsed. `image_refs` are (param, URL/data URL/base64);
+    `image_blobs` are (param, bytes) from uploads."""
+
+    model: str
+    prompt: str
+    seed: int
+    n: int = 1
+    operation: Literal["generate", "edit"] = "generate"
+    aspect_ratio: str | None = None
+    output_format: OutputFormat = "png"
+    safety_tolerance: int | None = None
+    prompt_upsampling: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    image_refs: list[tuple[str, str]] = field(default_factory=list)
+    image_blobs: list[tuple[str, bytes]] = field(default_factory=list)
+    mask: bytes | None = None
+    surface: str = "openai.images"
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    key_id: str
+    mode: Literal["live", "test"]
+    price_group: str | None
+
+
+class OrderDesk:
+    """Validates inputs, stores them and creates the jobs of an order."""
+
+    def __init__(self, *, jobs: JobService, files: FileStore, fetcher: ImageFetcher,
+                 limits: LimitSettings) -> None:
+        self.jobs = jobs
+        self.files = files
+        self.fetcher = fetcher
+        self.limits = limits
+
+    async def load_image(self, param: str, data: bytes) -> InputImage:
+        """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`)."""
+        return await anyio.to_thread.run_sync(lambda: validate_image(
+            data, param=param, max_bytes=self.limits.max_image_bytes,
+            max_pixels=self.limits.max_image_pixels))
+
+    async def inputs(self, order: Order) -> list[InputImage]:
+        """Every input image of the order, fetched and validated, in order."""
+        count = len(order.image_refs) + len(order.image_blobs)
+        if count > self.limits.max_input_images:
+            raise InvalidRequest(f"Too many input images: {count}; at most "
+                                 f"{self.limits.max_input_images} per request.",
+                                 param="image", code="too_many_images")
+        blobs = list(order.image_blobs)
+        for param, ref in order.image_refs:
+            blobs.append((param, await self.fetcher.load(ref, param=param)))
+        return [await self.load_image(param, data) for param, data in blobs]
+
+    async def place(self, customer: Customer, order: Order) -> list[JobRow]:
+        """Create the order's jobs (reserving their price); raises InvalidRequest and friends
+        before anything is created or charged, InsufficientFunds when the balance is short."""
+        if not order.prompt.strip():
+            raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
+                                 param="prompt", code="invalid_prompt")
+        images = await self.inputs(order)
+        file_ids = []
+        for image in images:
+            stored = await self.files.put(image.data, image.mime, kind="input",
+                                          key_id=customer.key_id,
+                                          size=(image.width, image.height))
+            file_ids.append(stored.id)
+        batch_id = f"batch_{secrets.token_hex(8)}"
+        specs = [
+            JobSpec(key_id=customer.key_id, key_mode=customer.mode,
+                    price_group=customer.price_group, surface=order.surface, batch_id=batch_id,
+                    model=order.model, operation=order.operation, prompt=order.prompt,
+                    input_file_ids=file_ids, aspect_ratio=order.aspect_ratio,
+                    seed=(order.seed + i) % (MAX_SEED + 1), output_format=order.output_format,
+                    safety_tolerance=order.safety_tolerance,
+                    prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),
+                    webhook_url=order.webhook_url)
+            for i in range(order.n)
+        ]
+        return await self.jobs.create(specs)

@@ -1,0 +1,457 @@
+"""JobService: the whole job lifecycle in one place.
+
+validate (intake) -> quote -> reserve -> route -> submit -> poll -> download and re-host ->
+settle, or release on any failure. Once a job row exists, its failure is data on the job
+(status, error_code, error_message) and the money follows the job's state: a job is settled
+only after its image is stored, and released otherwise, never both (guarded transitions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adapters.base import (
+    InputImage,
+    UpstreamAmbiguous,
+    UpstreamAuthError,
+    UpstreamJob,
+    UpstreamRejected,
+    UpstreamRequest,
+    UpstreamState,
+    UpstreamUnavailable,
+)
+from adapters.buckets import nearest_ratio
+from billing import ledger
+from billing.pricing import PriceTable, to_micro
+from gateway.errors import (
+    ContentPolicy,
+    GatewayError,
+    InvalidRequest,
+    ServiceUnavailable,
+    Timeout,
+    UpstreamError,
+)
+from gateway.images.validate import sniff
+from gateway.jobs.intake import expected_size
+from gateway.jobs.model import JobOutput, JobSpec, JobStatus, Stage
+from gateway.jobs.routing import Channel, Router
+from gateway.jobs.tables import JobRow
+from gateway.settings import JobSettings
+from gateway.storage.files import FileStore, image_size
+
+log = logging.getLogger(__name__)
+
+TERMINAL = [s.value for s in JobStatus if s.terminal]
+_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+
+#: job error code -> the gateway error a synchronous caller receives
+FAILURES: dict[str, type[GatewayError]] = {
+    "content_policy_violation": ContentPolicy,
+    "invalid_request": InvalidRequest,
+    "timeout": Timeout,
+    "no_channel": ServiceUnavailable,
+    "upstream_unavailable": ServiceUnavailable,
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+def job_error(row: JobRow) -> GatewayError:
+    """The error a synchronous caller gets for a failed job."""
+    cls = FAILURES.get(row.error_code or "", UpstreamError)
+    return cls(row.error_message or "The image could not be generated.", code=row.error_code)
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    price_each: int
+    total: int
+
+
+class JobService:
+    """Creates jobs, runs them to a terminal state, and lets callers wait for them."""
+
+    def __init__(self, *, sessions: async_sessionmaker[AsyncSession], router: Router,
+                 files: FileStore, prices: PriceTable, settings: JobSettings,
+                 moderation_fee: int = 0) -> None:
+        self.sessions = sessions
+        self.router = router
+        self.files = files
+        self.prices = prices
+        self.settings = settings
+        self.moderation_fee = moderation_fee
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: dict[str, asyncio.Event] = {}
+        self._closing = False
+
+    # -- creation -------------------------------------------------------------------------
+    def quote(self, spec: JobSpec) -> int:
+        """Price of one job in micro-units (test-mode keys are never charged)."""
+        if spec.key_mode == "test":
+            return 0
+        return self.prices.quote(spec.model, spec.operation, group=spec.price_group)
+
+    async def create(self, specs: Sequence[JobSpec]) -> list[JobRow]:
+        """Persist the jobs and reserve their price in one transaction, then start them.
+
+        Raises billing.errors.InsufficientFunds (nothing is created) when the balance cannot
+        cover every job."""
+        now = _now()
+        rows = []
+        async with self.sessions.begin() as session:
+            for spec in specs:
+                job_id = f"job_{secrets.token_hex(12)}"
+                price = self.quote(spec)
+                row = JobRow(
+                    id=job_id, key_id=spec.key_id, batch_id=spec.batch_id, surface=spec.surface,
+                    status=JobStatus.QUEUED.value, stage=Stage.CREATED.value, model=spec.model,
+                    operation=spec.operation, spec=spec.model_dump(mode="json"),
+                    prompt=spec.prompt, aspect_ratio=spec.aspect_ratio, seed=spec.seed,
+                    price=price, outputs=[], polls=0, attempts=0,
+                    timeline=[{"stage": Stage.CREATED.value, "at": now.isoformat()}],
+                    created_at=now, updated_at=now,
+                    deadline_at=now + timedelta(seconds=self.settings.deadline))
+                session.add(row)
+                await session.flush()
+                if price > 0:
+                    await ledger.reserve(session, spec.key_id, job_id, price, model=spec.model)
+                row.stage = Stage.RESERVED.value
+                row.timeline = [*row.timeline, {"stage": Stage.RESERVED.value,
+                                                "at": _now().isoformat()}]
+                rows.append(row)
+        for row in rows:
+            self.start(row.id)
+        return rows
+
+    def start(self, job_id: str) -> None:
+        """Run a job in the background (it outlives the request that created it)."""
+        self._done.setdefault(job_id, asyncio.Event())
+        task = asyncio.create_task(self._run_guarded(job_id), name=f"job:{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- waiting --------------------------------------------------------------------------
+    async def get(self, job_id: str) -> JobRow | None:
+        async with self.sessions() as session:
+            return await session.get(JobRow, job_id)
+
+    async def wait(self, job_ids: Sequence[str], timeout: float | None = None) -> list[JobRow]:
+        """The jobs once all are terminal, or as they stand when `timeout` passes."""
+        deadline = time.monotonic() + (timeout or self.settings.sync_wait)
+        for job_id in job_ids:
+            event = self._done.get(job_id)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if event is not None:
+                    try:
+                        await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
+                        break
+                    except TimeoutError:
+                        pass
+                row = await self.get(job_id)
+                if row is None or JobStatus(row.status).terminal:
+                    break
+                if event is None:
+                    await asyncio.sleep(min(remaining, 0.5))
+        async with self.sessions() as session:
+            found = (await session.execute(select(JobRow).where(JobRow.id.in_(job_ids)))).scalars()
+            by_id = {row.id: row for row in found}
+        return [by_id[j] for j in job_ids if j in by_id]
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def _run_guarded(self, job_id: str) -> None:
+        try:
+            await self._run(job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave the job or its money hanging
+            log.exception("job %s crashed", job_id)
+            await self._fail(job_id, "internal_error", f"Internal error: {type(exc).__name__}")
+        finally:
+            event = self._done.pop(job_id, None)
+            if event is not None:
+                event.set()
+
+    async def _update(self, job_id: str, *, stage: Stage | None = None, **values: Any) -> None:
+        async with self.sessions.begin() as session:
+            row = await session.get(JobRow, job_id)
+            if row is None:
+                return
+            now = _now()
+            for key, value in values.items():
+                setattr(row, key, value)
+            if stage is not None:
+                row.stage = stage.value
+                row.timeline = [*row.timeline, {"stage": stage.value, "at": now.isoformat()}]
+            row.updated_at = now
+
+    async def _run(self, job_id: str) -> None:
+        row = await self.get(job_id)
+        if row is None or JobStatus(row.status).terminal:
+            return
+        spec = JobSpec.model_validate(row.spec)
+        if row.upstream_id and row.channel:
+            channel = self.router.get(row.channel)
+            if channel is None:
+                await self._fail(job_id, "upstream_error",
+                                 f"Channel {row.channel!r} is no longer configured.")
+                return
+            await channel.acquire()
+            try:
+                upstream = UpstreamJob(id=row.upstream_id, poll_url=row.poll_url,
+                                       handle=dict(row.upstream_handle or {}))
+                await self._follow(row, spec, channel, upstream)
+            finally:
+                channel.release()
+            return
+        if row.status == JobStatus.RUNNING.value:
+            # we crashed between sending the submit and recording its answer: ambiguous
+            await self._fail(job_id, "upstream_ambiguous", "The job was interrupted while it "
+                             "was being submitted; it was not charged.")
+            return
+        inputs = await self._load_inputs(spec)
+        await self._submit(row, spec, inputs)
+
+    async def _load_inputs(self, spec: JobSpec) -> list[InputImage]:
+        images = []
+        for file_id in spec.input_file_ids:
+            file_row, data = await self.files.read(file_id)
+            images.append(InputImage(data=data, mime=file_row.content_type,
+                                     width=file_row.width or 0, height=file_row.height or 0))
+        return images
+
+    def _channels_for(self, spec: JobSpec) -> list[Channel]:
+        if spec.key_mode == "test":
+            return [self.router.test_channel]
+        return self.router.candidates(spec.model)
+
+    def _request_for(self, spec: JobSpec, channel: Channel,
+                     inputs: list[InputImage]) -> UpstreamRequest:
+        caps = channel.adapter.capabilities
+        ratio = spec.aspect_ratio
+        if ratio and caps.aspect_ratios:
+            w, h = ratio.split(":")
+            ratio = nearest_ratio(float(w) / float(h), caps.aspect_ratios)
+        fmt = spec.output_format if spec.output_format in caps.output_formats else "png"
+        safety = spec.safety_tolerance
+        if safety is not None:
+            safety = min(max(safety, caps.safety_range[0]), caps.safety_range[1])
+        first = (inputs[0].width, inputs[0].height) if inputs else None
+        width, height = expected_size(spec.aspect_ratio, first)
+        return UpstreamRequest(
+            model=channel.upstream_model(spec.model), prompt=spec.prompt,
+            operation=spec.operation, images=tuple(inputs), aspect_ratio=ratio,
+            width=width, height=height, seed=spec.seed, output_format=fmt,
+            safety_tolerance=safety, prompt_upsampling=spec.prompt_upsampling,
+            extra=dict(spec.extra))
+
+    async def _submit(self, row: JobRow, spec: JobSpec, inputs: list[InputImage]) -> None:
+        channels = self._channels_for(spec)
+        if not channels:
+            await self._fail(row.id, "no_channel",
+                             f"No upstream channel can serve {spec.model} right now.")
+            return
+        last_error = "every channel refused the job"
+        attempts = row.attempts
+        for channel in channels:
+            if len(inputs) > channel.adapter.capabilities.max_input_images:
+                last_error = (f"channel {channel.name} takes at most "
+                              f"{channel.adapter.capabilities.max_input_images} input images")
+                continue
+            await channel.acquire()
+            try:
+                attempts += 1
+                req = self._request_for(spec, channel, inputs)
+                await self._update(row.id, stage=Stage.ROUTED, channel=channel.name,
+                                   upstream_model=req.model, attempts=attempts,
+                                   status=JobStatus.RUNNING.value)
+                started = time.monotonic()
+                try:
+                    with anyio.fail_after(self.settings.submit_timeout):
+                        upstream = await channel.adapter.submit(req)
+                except UpstreamAuthError as exc:
+                    channel.disable(f"{exc.status or ''} {exc.message}".strip())
+                    last_error = exc.message
+                    continue
+                except UpstreamRejected as exc:
+                    if not exc.retryable:
+                        channel.breaker.success()  # the upstream works; the request is bad
+                        code = exc.code if exc.code == "content_policy_violation" \
+                            else "invalid_request"
+                        await self._fail(row.id, code, exc.message)
+                        return
+                    channel.breaker.failure()
+                    last_error = exc.message
+                    continue
+                except (UpstreamAmbiguous, TimeoutError) as exc:
+                    channel.breaker.failure()
+                    await self._fail(row.id, "upstream_ambiguous",
+                                     "The upstream did not answer the submit in time; the job "
+                                     f"was not re-sent and not charged ({exc}).")
+                    return
+                channel.breaker.success()
+                await self._update(row.id, stage=Stage.SUBMITTED, upstream_id=upstream.id,
+                                   poll_url=upstream.poll_url,
+                                   upstream_handle=dict(upstream.handle), submitted_at=_now())
+                await self._follow(row, spec, channel, upstream, started=started)
+                return
+            finally:
+                channel.release()
+        await self._fail(row.id, "upstream_unavailable",
+                         f"No upstream could take the job: {last_error}")
+
+    async def _follow(self, row: JobRow, spec: JobSpec, channel: Channel,
+                      upstream: UpstreamJob, started: float | None = None) -> None:
+        """Poll until the upstream job is terminal, then store or fail it."""
+        started = started or time.monotonic()
+        deadline = _aware(row.deadline_at) or _now() + timedelta(seconds=self.settings.deadline)
+        interval = self.settings.poll_initial
+        polls = row.polls
+        while not upstream.state.terminal:
+            remaining = (deadline - _now()).total_seconds()
+            if remaining <= 0:
+                await channel.adapter.cancel(upstream)
+                await self._fail(row.id, "timeout", "The upstream did not finish the image "
+                                 f"within {self.settings.deadline:.0f} s.")
+                return
+            wait = upstream.retry_after if upstream.retry_after is not None else interval
+            await asyncio.sleep(max(0.01, min(wait, interval, remaining)))
+            interval = min(interval * 1.5, self.settings.poll_max)
+            try:
+                upstream = await channel.adapter.poll(upstream)
+            except UpstreamUnavailable as exc:
+                log.warning("job %s: poll failed (%s); retrying", row.id, exc.message)
+                continue
+            polls += 1
+            if polls % 10 == 0:
+                await self._update(row.id, polls=polls)
+        latency = time.monotonic() - started
+        cost = channel.cost_per_image
+        if cost is None and upstream.cost is not None:
+            cost = to_micro(upstream.cost)
+        await self._update(row.id, stage=Stage.UPSTREAM_DONE, polls=polls,
+                           upstream_latency=round(latency, 3), upstream_cost=cost)
+        if upstream.state is UpstreamState.SUCCEEDED:
+            await self._store(row, spec, channel, upstream)
+        elif upstream.state is UpstreamState.MODERATED:
+            await self._fail(row.id, "content_policy_violation",
+                             upstream.error_message or "The request was rejected by the "
+                             "upstream's safety filter.", fee=self.moderation_fee)
+        elif upstream.state is UpstreamState.NOT_FOUND:
+            await self._fail(row.id, "upstream_error", upstream.error_message or
+                             "The upstream no longer knows this job.")
+        elif upstream.state is UpstreamState.CANCELED:
+            await self._fail(row.id, "upstream_error", "The upstream canceled the job.")
+        else:
+            await self._fail(row.id, "upstream_error",
+                             upstream.error_message or "The upstream failed the job.")
+
+    async def _store(self, row: JobRow, spec: JobSpec, channel: Channel,
+                     upstream: UpstreamJob) -> None:
+        outputs: list[JobOutput] = []
+        try:
+            for output in upstream.outputs:
+                with anyio.fail_after(self.settings.download_timeout):
+                    data = output.data if output.data is not None \
+                        else await channel.adapter.download(output)
+                fmt = sniff(data)
+                if fmt is None:
+                    raise UpstreamRejected("the upstream returned something that is not an image")
+                size = await anyio.to_thread.run_sync(image_size, data)
+                if size is None:
+                    raise UpstreamRejected("the upstream returned an unreadable image")
+                stored = await self.files.put(data, _MIME[fmt], kind="output", job_id=row.id,
+                                              key_id=row.key_id, size=size)
+                outputs.append(JobOutput(file_id=stored.id, ext=stored.ext,
+                                         content_type=stored.content_type, width=size[0],
+                                         height=size[1], size=stored.size))
+        except (UpstreamRejected, UpstreamUnavailable, TimeoutError) as exc:
+            message = getattr(exc, "message", None) or "the download timed out"
+            await self._fail(row.id, "upstream_error",
+                             f"The result could not be downloaded from the upstream: {message}")
+            return
+        if not outputs:
+            await self._fail(row.id, "upstream_error", "The upstream returned no image.")
+            return
+        await self._update(row.id, stage=Stage.STORED,
+                           outputs=[o.model_dump() for o in outputs])
+        await self._finish(row.id, row.key_id, JobStatus.SUCCEEDED)
+
+    async def _finish(self, job_id: str, key_id: str, status: JobStatus, *,
+                      code: str | None = None, message: str | None = None, fee: int = 0) -> bool:
+        """Move a job to a terminal state and settle or release its money, atomically.
+        Answers False when the job was already terminal (nothing happens twice)."""
+        now = _now()
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.status.not_in(TERMINAL))
+                .values(status=status.value, error_code=code, error_message=message,
+                        finished_at=now, updated_at=now))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            row = await session.get(JobRow, job_id)
+            assert row is not None
+            if status is JobStatus.SUCCEEDED:
+                if row.price > 0:
+                    await ledger.settle(session, key_id, job_id, row.price,
+                                        upstream_cost=row.upstream_cost)
+                row.charged = row.price
+                stage = Stage.SETTLED
+            else:
+                if row.price > 0:
+                    back = await ledger.release(session, key_id, job_id, fee=min(fee, row.price),
+                                                note=code)
+                    row.charged = row.price - back
+                else:
+                    row.charged = 0
+                stage = Stage.RELEASED
+            row.stage = stage.value
+            row.timeline = [*row.timeline, {"stage": stage.value, "at": now.isoformat()}]
+        return True
+
+    async def _fail(self, job_id: str, code: str, message: str, *, fee: int = 0) -> None:
+        row = await self.get(job_id)
+        if row is None:
+            return
+        log.info("job %s failed: %s: %s", job_id, code, message)
+        await self._finish(job_id, row.key_id, JobStatus.FAILED, code=code, message=message,
+                           fee=fee)
+
+    # -- start-up and shutdown ------------------------------------------------------------
+    async def resume(self) -> int:
+        """Start every job that was not terminal when the service last stopped."""
+        async with self.sessions() as session:
+            ids = list((await session.execute(
+                select(JobRow.id).where(JobRow.status.not_in(TERMINAL)))).scalars())
+        for job_id in ids:
+            self.start(job_id)
+        if ids:
+            log.info("resumed %d unfinished jobs", len(ids))
+        return len(ids)
+
+    async def close(self) -> None:
+        """Stop running jobs; they resume on the next start."""
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
