@@ -61,8 +61,10 @@ class RateLimited(BillingError):
     limit that refused the request, for the `x-ratelimit-*` headers."""
 
     def __init__(self, message: str, *, retry_after: int, limit: int, remaining: int = 0,
-                 reset: float = 0.0, scope: str = "requests") -> None:
+                 reset: float = 0.0, scope: str = "requests",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        self.headers = dict(headers or {})
         self.retry_after = retry_after
         self.limit = limit
         self.remaining = remaining

@@ -48,12 +48,12 @@ class RateDecision:
     degraded: bool = False  # decided by the in-process fallback because the backend failed
 
     def headers(self) -> dict[str, str]:
-        """`x-ratelimit-*-requests` (OpenAI's names) and, when refused, `Retry-After`."""
+        """`x-ratelimit-*-requests` (OpenAI's names) and, when refused, `retry-after`."""
         out = {"x-ratelimit-limit-requests": str(self.limit),
                "x-ratelimit-remaining-requests": str(self.remaining),
                "x-ratelimit-reset-requests": format_duration(self.reset_after)}
         if not self.allowed:
-            out["Retry-After"] = str(self.retry_after)
+            out["retry-after"] = str(self.retry_after)
         return out
 
 

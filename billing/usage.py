@@ -298,3 +298,13 @@ async def usage_csv(session: AsyncSession, *, key_id: str | None = None,
     """The CSV export (one line per job) of `job_usage` with the same arguments."""
     return jobs_csv(await job_usage(session, key_id=key_id, since=since, until=until,
                                     jobs_table=jobs_table))
+
+
+async def in_flight_jobs(session: AsyncSession, key_id: str, *,
+                         jobs_table: TableClause = JOBS) -> int:
+    """How many jobs of `key_id` are not finished yet (the concurrency limit's count)."""
+    j = jobs_table.c
+    count = (await session.execute(
+        select(func.count()).select_from(jobs_table)
+        .where(j.key_id == key_id, j.status.not_in(FINISHED)))).scalar_one()
+    return int(count)

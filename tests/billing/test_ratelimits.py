@@ -23,7 +23,7 @@ async def test_burst_of_100_at_20_per_minute() -> None:
     assert len(allowed) == 20 and len(denied) == 80
     assert all(d.retry_after >= 1 for d in denied)
     headers = denied[0].headers()
-    assert headers["Retry-After"] == str(denied[0].retry_after)
+    assert headers["retry-after"] == str(denied[0].retry_after)
     assert headers["x-ratelimit-limit-requests"] == "20"
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert 55 <= denied[0].retry_after <= 60
