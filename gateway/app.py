@@ -55,8 +55,9 @@ async def build_services(settings: Settings) -> Services:
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
     file_store = FileStore(storage, sessions, signer)
     router = build_router(settings, http)
-    fetcher = ImageFetcher(http, max_bytes=settings.limits.max_image_bytes,
-                           timeout=settings.limits.fetch_timeout)
+    fetcher = ImageFetcher(max_bytes=settings.limits.max_image_bytes,
+                           timeout=settings.limits.fetch_timeout,
+                           allow=settings.limits.fetch_allow)
     prices = price_table(settings)
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
                       settings=settings.jobs,
@@ -68,6 +69,7 @@ async def build_services(settings: Settings) -> Services:
 
 async def close_services(services: Services) -> None:
     await services.jobs.close()
+    await services.fetcher.aclose()
     await services.http.aclose()
     await services.engine.dispose()
 

@@ -14,7 +14,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -26,7 +31,7 @@ class GatewayBase(DeclarativeBase):
 
 def all_metadata() -> list[MetaData]:
     """Every table fluxgate owns, for Alembic."""
-    import gateway.jobs.tables  # noqa: F401  (registers the tables)
+    import gateway.jobs.tables
     import gateway.storage.tables  # noqa: F401
     from billing.tables import BillingBase
 

@@ -81,7 +81,7 @@ def error_response(exc: Exception) -> JSONResponse:
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
-        headers["retry-after"] = str(max(1, int(round(retry_after))))
+        headers["retry-after"] = str(max(1, round(retry_after)))
     for name, value in (getattr(exc, "headers", None) or {}).items():  # e.g. x-ratelimit-*
         headers[name.lower()] = value
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))

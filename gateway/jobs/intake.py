@@ -16,7 +16,7 @@ from adapters.buckets import MAX_RATIO, MIN_RATIO, bucket_for_ratio, ratio_text
 from gateway.errors import InvalidRequest
 from gateway.jobs.model import OutputFormat
 
-_RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:xX×*v]\s*(\d+(?:\.\d+)?)\s*$")
+_RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:xX\u00d7*v]\s*(\d+(?:\.\d+)?)\s*$")
 _URL_RE = re.compile(r"https?://[^\s<>\"')\]]+", re.IGNORECASE)
 _FORMATS: dict[str, OutputFormat] = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 MAX_SEED = 2**32 - 1

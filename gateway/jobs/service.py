@@ -152,9 +152,9 @@ class JobService:
         async with self.sessions() as session:
             return await session.get(JobRow, job_id)
 
-    async def wait(self, job_ids: Sequence[str], timeout: float | None = None) -> list[JobRow]:
-        """The jobs once all are terminal, or as they stand when `timeout` passes."""
-        deadline = time.monotonic() + (timeout or self.settings.sync_wait)
+    async def wait(self, job_ids: Sequence[str], within: float | None = None) -> list[JobRow]:
+        """The jobs once all are terminal, or as they stand after `within` seconds."""
+        deadline = time.monotonic() + (within or self.settings.sync_wait)
         for job_id in job_ids:
             event = self._done.get(job_id)
             while True:

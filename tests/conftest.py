@@ -1,0 +1,177 @@
+"""Test harness: the real gateway on a loopback port, keys made with the CLI's service code,
+and a small loopback image server for input-image URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from PIL import Image
+
+from billing import keys as key_service
+from gateway.api.deps import Services
+from gateway.app import create_app
+from gateway.settings import Settings, load_settings
+
+
+@dataclass
+class Gateway:
+    """A running gateway. `services` is the live container (same process, other thread)."""
+
+    base_url: str
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: Any
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's event loop (for reading its state in tests)."""
+        loop = self.server_loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=60)
+
+    server_loop: asyncio.AbstractEventLoop = field(init=False)
+
+    def create_key(self, name: str = "test", *, balance: int | None = None, mode: str = "live",
+                   **kwargs: Any) -> tuple[str, str]:
+        """(key id, plaintext) of a new key, made with the same code as `fluxgate keys`."""
+
+        async def go() -> tuple[str, str]:
+            async with self.services.sessions.begin() as session:
+                created = await key_service.create_key(session, name=name, mode=mode,
+                                                       balance=balance, **kwargs)
+                return created.row.id, created.plaintext
+
+        result: tuple[str, str] = self.call(go())
+        return result
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def start_gateway(data_dir: Path, **overrides: Any) -> Gateway:
+    """Start the real app under uvicorn in a thread, on a free loopback port."""
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    overrides.setdefault("limits", {"fetch_allow": ["127.0.0.1", "localhost"]})
+    settings = load_settings(None, data_dir=data_dir, host="127.0.0.1", port=port,
+                             public_base_url=f"http://127.0.0.1:{port}", **overrides)
+    app = create_app(settings)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    holder: dict[str, asyncio.AbstractEventLoop] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        holder["loop"] = loop
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.serve(sockets=[sock]))
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True, name=f"gateway:{port}")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.02)
+    gw = Gateway(base_url=f"http://127.0.0.1:{port}", settings=settings, server=server,
+                 thread=thread, app=app)
+    gw.server_loop = holder["loop"]
+    return gw
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Start gateways with settings overrides; all are stopped after the test."""
+    started: list[Gateway] = []
+
+    def make(data_dir: Path | None = None, **overrides: Any) -> Gateway:
+        gw = start_gateway(data_dir or tmp_path / "data", **overrides)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory()
+
+
+@pytest.fixture
+def api_key(gateway: Gateway) -> str:
+    return gateway.create_key("default")[1]
+
+
+def png_bytes(size: tuple[int, int] = (64, 64), color: tuple[int, int, int] = (200, 30, 30),
+              fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+@dataclass
+class ImageServer:
+    """Serves registered byte blobs at http://127.0.0.1:PORT/<name> and counts hits."""
+
+    base_url: str
+    files: dict[str, tuple[bytes, str]]
+    hits: list[str]
+
+    def add(self, name: str, data: bytes, content_type: str = "image/png") -> str:
+        self.files[name] = (data, content_type)
+        return f"{self.base_url}/{name}"
+
+
+@pytest.fixture
+def image_server() -> Iterator[ImageServer]:
+    files: dict[str, tuple[bytes, str]] = {}
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.lstrip("/").split("?")[0]
+            hits.append(name)
+            if name not in files:
+                self.send_error(404)
+                return
+            data, ctype = files[name]
+            self.send_response(200)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield ImageServer(f"http://127.0.0.1:{httpd.server_address[1]}", files, hits)
+    httpd.shutdown()
