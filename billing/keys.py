@@ -14,6 +14,7 @@ import secrets
 import string
 import time
 import uuid
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -166,8 +167,7 @@ async def revoke(session: AsyncSession, key_id: str, *,
         await session.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id)
                               .values(revoked_at=datetime.now(UTC)))
         await session.refresh(row)
-    if cache is not None:
-        cache.invalidate(key_id=key_id)
+    _invalidate_everywhere(key_id, cache)
     return row
 
 
@@ -246,8 +246,7 @@ async def update_key(session: AsyncSession, key_id: str, *, name: str = UNSET,
     if changes:
         await session.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(**changes))
         await session.refresh(row)
-    if cache is not None:
-        cache.invalidate(key_id=key_id)
+    _invalidate_everywhere(key_id, cache)
     return row
 
 
@@ -280,12 +279,24 @@ class KeyInfo:
         return cls(**values)
 
 
+#: every live KeyCache of this process, so a revoke or update here reaches all of them at once
+_CACHES: weakref.WeakSet[KeyCache] = weakref.WeakSet()
+
+
+def _invalidate_everywhere(key_id: str, cache: KeyCache | None = None) -> None:
+    if cache is not None:
+        cache.invalidate(key_id=key_id)
+    for live in list(_CACHES):
+        live.invalidate(key_id=key_id)
+
+
 class KeyCache:
     """Authenticated keys by hash for at most `ttl` (<= 5) seconds, at most `max_size` of them.
 
     Only keys that exist are cached; revoked, disabled and expired keys are re-checked on
-    every hit, and `invalidate` drops a key at once (call it after committing a revoke or an
-    update). `clock` is injectable for tests (monotonic seconds)."""
+    every hit. `revoke` and `update_key` drop the key from every cache of this process at
+    once; other processes see the change when their entry expires. `clock` is injectable for
+    tests (monotonic seconds)."""
 
     MAX_TTL = 5.0
 
@@ -299,6 +310,7 @@ class KeyCache:
         self._entries: OrderedDict[str, tuple[float, KeyInfo]] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        _CACHES.add(self)
 
     def __len__(self) -> int:
         return len(self._entries)

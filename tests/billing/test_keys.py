@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import keys
 from billing.errors import InvalidKey, InvalidValue, KeyExpired, KeyForbidden, KeyRevoked
+from billing.tables import ApiKeyRow
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -143,8 +144,9 @@ async def test_cache_sees_a_revocation_within_5_seconds(sessions: Sessions) -> N
         assert (await cache.authenticate(s, created.plaintext)).id == created.row.id
         assert (await cache.authenticate(s, created.plaintext)).id == created.row.id
     assert (cache.hits, cache.misses) == (1, 1)
-    async with sessions.begin() as s:
-        await keys.revoke(s, created.row.id)  # elsewhere: this cache is not told
+    async with sessions.begin() as s:  # another replica revokes: this cache is not told
+        await s.execute(update(ApiKeyRow).where(ApiKeyRow.id == created.row.id)
+                        .values(revoked_at=datetime.now(UTC)))
     now[0] += 4.9
     async with sessions() as s:
         await cache.authenticate(s, created.plaintext)  # still cached, within the bound
@@ -160,7 +162,7 @@ async def test_cache_invalidated_at_once_in_process(sessions: Sessions) -> None:
     async with sessions() as s:
         await cache.authenticate(s, created.plaintext)
     async with sessions.begin() as s:
-        await keys.revoke(s, created.row.id, cache=cache)
+        await keys.revoke(s, created.row.id)  # reaches every cache of the process
     async with sessions() as s:
         with pytest.raises(KeyRevoked):
             await cache.authenticate(s, created.plaintext)
