@@ -96,8 +96,8 @@ class SandboxAdapter:
             outcome, error = UpstreamState.MODERATED, "Request Moderated (sandbox)"
         elif opts.stuck_word and opts.stuck_word in prompt:
             outcome = UpstreamState.PENDING
-        elif (opts.fail_word and opts.fail_word in prompt) or \
-                self._rng.random() < opts.failure_rate:
+        elif ((opts.fail_word and opts.fail_word in prompt)
+              or self._rng.random() < opts.failure_rate):
             outcome, error = UpstreamState.FAILED, "sandbox upstream error (simulated failure)"
         task_id = f"sbx_{uuid.uuid4().hex}"
         self._tasks[task_id] = _Task(req, time.monotonic() + latency, outcome, error)
