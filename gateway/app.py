@@ -11,9 +11,10 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
 from gateway import __version__
-from gateway.api import errors, files, health, images
+from gateway.api import admin, errors, files, health, images, usage
 from gateway.api.deps import Services
 from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
@@ -63,7 +64,8 @@ async def build_services(settings: Settings) -> Services:
                       settings=settings.jobs,
                       moderation_fee=to_micro(settings.billing.moderation_fee))
     return Services(settings=settings, engine=engine, sessions=sessions, http=http,
-                    router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices)
+                    router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices,
+                    rate_limiter=RateLimiter(settings.redis_url))
 
 
 async def close_services(services: Services) -> None:
@@ -109,6 +111,6 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_credentials=False)
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
-    for module in (health, images, files):
+    for module in (health, images, files, usage, admin):
         app.include_router(module.router)
     return app
