@@ -128,11 +128,16 @@ async def authenticate(session: AsyncSession, key: str, now: datetime | None = N
 class KeyLike(Protocol):
     """What the checks read: an `ApiKeyRow` or a cached `KeyInfo`."""
 
-    revoked_at: datetime | None
-    disabled: bool
-    expires_at: datetime | None
-    models: list[str] | None
-    ip_allow: list[str] | None
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def disabled(self) -> bool: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def models(self) -> list[str] | None: ...
+    @property
+    def ip_allow(self) -> list[str] | None: ...
 
 
 def check_usable(row: KeyLike, now: datetime | None = None) -> None:

@@ -30,8 +30,7 @@ log = logging.getLogger("gateway")
 
 
 def price_table(settings: Settings) -> PriceTable:
-    return PriceTable(prices={m: to_micro(p) for m, p in settings.billing.prices.items()},
-                      groups=dict(settings.billing.price_groups))
+    return PriceTable.from_config(settings.billing.prices, settings.billing.price_groups)
 
 
 def redact_url(url: str) -> str:

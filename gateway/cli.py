@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -167,7 +167,7 @@ def keys_update(key_id: str,
                 ] = None,
                 config: ConfigOpt = None) -> None:
     """Change a key's settings (options left out stay as they are)."""
-    changes: dict[str, object] = {k: v for k, v in {
+    changes: dict[str, Any] = {k: v for k, v in {
         "name": name, "rpm": rpm, "max_concurrency": max_concurrency,
         "price_group": price_group, "models": model or None, "ip_allow": ip or None,
         "disabled": disable}.items() if v is not None}

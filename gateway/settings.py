@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -89,16 +96,28 @@ class LimitSettings(BaseModel):
     fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
 
 
+DEFAULT_PRICES_USD: dict[str, float | dict[str, float]] = {
+    "flux-kontext-pro": 0.04, "flux-kontext-max": 0.08, "flux-kontext-dev": 0.025}
+
+
 class BillingSettings(BaseModel):
     """Currency and prices (USD per image unless `currency` says otherwise)."""
 
     model_config = ConfigDict(extra="forbid")
 
     currency: str = "USD"
-    prices: dict[str, float] = Field(default_factory=lambda: {
-        "flux-kontext-pro": 0.04, "flux-kontext-max": 0.08, "flux-kontext-dev": 0.025})
+    # per image; or a mapping with per_image / per_megapixel / generate / edit keys
+    prices: dict[str, float | dict[str, float]] = Field(default_factory=lambda: dict(
+        DEFAULT_PRICES_USD))
     price_groups: dict[str, float] = Field(default_factory=dict)
-    moderation_fee: float = 0.0
+    moderation_fee: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _prices_are_valid(self) -> BillingSettings:
+        from billing.pricing import PriceTable
+
+        PriceTable.from_config(self.prices, self.price_groups)  # raises ValueError
+        return self
 
 
 class Settings(BaseSettings):

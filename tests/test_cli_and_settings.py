@@ -92,3 +92,18 @@ def test_dependency_direction() -> None:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "KEPT" in result.stdout and "BROKEN" not in result.stdout
+
+
+def test_prices_from_config_per_operation_and_group(tmp_path: Path) -> None:
+    from gateway.app import price_table
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("billing:\n  prices:\n    flux-kontext-pro: {generate: 0.04, edit: 0.05}\n"
+                   "    flux-kontext-max: 0.08\n  price_groups: {resale: 1.5}\n")
+    table = price_table(load_settings(cfg))
+    assert table.quote("flux-kontext-pro", "generate") == 40_000
+    assert table.quote("flux-kontext-pro", "edit") == 50_000
+    assert table.quote("flux-kontext-max", "edit", group="resale", n=2) == 240_000
+    cfg.write_text("billing:\n  prices:\n    flux-kontext-pro: -1\n")
+    with pytest.raises(ConfigError, match="prices"):
+        load_settings(cfg)

@@ -105,9 +105,9 @@ class JobService:
     # -- creation -------------------------------------------------------------------------
     def quote(self, spec: JobSpec) -> int:
         """Price of one job in micro-units (test-mode keys are never charged)."""
-        if spec.key_mode == "test":
-            return 0
-        return self.prices.quote(spec.model, spec.operation, group=spec.price_group)
+        width, height = expected_size(spec.aspect_ratio, None)
+        return self.prices.quote(spec.model, spec.operation, group=spec.price_group,
+                                 megapixels=width * height / 1_000_000, mode=spec.key_mode)
 
     async def create(self, specs: Sequence[JobSpec]) -> list[JobRow]:
         """Persist the jobs and reserve their price in one transaction, then start them.
