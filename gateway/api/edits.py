@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -67,7 +67,7 @@ def body_limit(limits: LimitSettings) -> int:
     return (limits.max_input_images + 1) * limits.max_image_bytes * 4 // 3 + _FORM_OVERHEAD
 
 
-async def bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The request body, chunk by chunk; raises PayloadTooLarge once more than `limit` bytes
     arrived (whatever Content-Length says, and with none, as in chunked uploads)."""
     declared = request.headers.get("content-length", "")

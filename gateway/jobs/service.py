@@ -46,7 +46,7 @@ from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
 from gateway.jobs.intake import expected_size
-from gateway.jobs.model import JobOutput, JobSpec, JobStatus, Stage
+from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
 from gateway.settings import JobSettings
@@ -261,7 +261,7 @@ class JobService:
         if len(inputs) <= slots:
             return inputs, spec
         if not stitched:
-            fmt = "jpeg" if all(i.mime == "image/jpeg" for i in inputs) else "png"
+            fmt: OutputFormat = "jpeg" if all(i.mime == "image/jpeg" for i in inputs) else "png"
             merged = await anyio.to_thread.run_sync(lambda: stitch(
                 [i.data for i in inputs], output_format=fmt, max_pixels=_STITCH_MAX_PIXELS,
                 max_bytes=max(len(i.data) for i in inputs),

@@ -337,6 +337,19 @@ def test_inputs_are_stitched_for_a_channel_with_fewer_slots(gateway_factory: Any
     assert "stitched side by side" in note and "384x256" in note
 
 
+def test_native_multi_reference_channel_preferred_over_stitching(gateway_factory: Any) -> None:
+    gw = gateway_factory(channels=[
+        {"name": "one-slot", "type": "sandbox", "priority": 10,
+         "options": {"max_input_images": 1}},
+        {"name": "four-slots", "type": "sandbox", "priority": 0}])
+    c = client(gw, gw.create_key("k")[1])
+    c.images.edit(model="flux-kontext-pro", image=[png_bytes(), png_bytes()], prompt="two")
+    c.images.edit(model="flux-kontext-pro", image=png_bytes(), prompt="one")
+    by_prompt = {row.prompt: row for row in jobs(gw)}
+    assert by_prompt["two"].channel == "four-slots" and by_prompt["two"].spec["notes"] == []
+    assert by_prompt["one"].channel == "one-slot"
+
+
 # -- refused inputs ---------------------------------------------------------------------------
 def _huge_pixels() -> bytes:
     return encode(Image.new("L", (5000, 5000)), "PNG", compress_level=1)
