@@ -152,9 +152,10 @@ async def read_multipart(request: Request, limits: LimitSettings, desk: OrderDes
             param = _image_param(i, len(parts))
             out.images.append(part if isinstance(part, str)
                               else await _read_upload(part, param, limits))
-        if mask_part is not None:
-            out.mask = mask_part if isinstance(mask_part, str) \
-                else await _read_upload(mask_part, "mask", limits)
+        if isinstance(mask_part, str):
+            out.mask = mask_part.strip() or None
+        elif mask_part is not None:
+            out.mask = await _read_upload(mask_part, "mask", limits) or None  # empty: no mask
         return out
     finally:
         await form.close()

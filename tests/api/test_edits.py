@@ -350,6 +350,14 @@ def test_native_multi_reference_channel_preferred_over_stitching(gateway_factory
     assert by_prompt["one"].channel == "one-slot"
 
 
+def test_empty_mask_part_means_no_mask(gateway: Gateway, api_key: str) -> None:
+    result = client(gateway, api_key).images.edit(
+        model="flux-kontext-pro", image=png_bytes((256, 256), RED), mask=("mask.png", b""),
+        prompt="x", response_format="b64_json")
+    assert decode(result.data[0]).size == (1024, 1024)
+    assert jobs(gateway)[0].spec["mask_file_id"] is None
+
+
 # -- refused inputs ---------------------------------------------------------------------------
 def _huge_pixels() -> bytes:
     return encode(Image.new("L", (5000, 5000)), "PNG", compress_level=1)
@@ -436,3 +444,19 @@ def test_missing_image_prompt_and_wrong_content_type(gateway: Gateway, api_key: 
     assert resp.status_code == 415
     resp = httpx.post(url, json={"model": "flux-kontext-pro", "prompt": "x"})
     assert resp.status_code == 401
+
+
+def test_multipart_text_image_part_is_a_url(gateway: Gateway, api_key: str,
+                                            image_server: ImageServer) -> None:
+    url = image_server.add("r.png", png_bytes((256, 256), RED))
+    body = multipart([("prompt", "x", None, None), ("model", "flux-kontext-pro", None, None),
+                      ("response_format", "b64_json", None, None),
+                      ("image[]", url, None, None),
+                      ("image[]", png_bytes((256, 256), BLUE), "b.png", None)], "u")
+    resp = httpx.post(f"{gateway.base_url}/v1/images/edits", content=body,
+                      headers={"authorization": f"Bearer {api_key}",
+                               "content-type": "multipart/form-data; boundary=u"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    image = Image.open(io.BytesIO(base64.b64decode(resp.json()["data"][0]["b64_json"])))
+    assert image.convert("RGB").getpixel((300, 512)) == INVERTED_RED
+    assert image_server.hits == ["r.png"]
