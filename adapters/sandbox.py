@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import anyio
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from adapters.base import (
     Capabilities,
@@ -56,6 +56,7 @@ class SandboxOptions(BaseModel):
     stuck_word: str = "sandbox:stuck"
     random_seed: int = 0  # makes the failure draw repeatable
     models: tuple[str, ...] = SANDBOX_MODELS
+    max_input_images: int = Field(default=4, ge=1, le=8)  # fewer slots make the gateway stitch
 
 
 @dataclass(slots=True)
@@ -73,7 +74,7 @@ class SandboxAdapter:
         self.options = options or SandboxOptions()
         self.capabilities = Capabilities(
             models=self.options.models,
-            max_input_images=4,
+            max_input_images=self.options.max_input_images,
             min_ratio=MIN_RATIO,
             max_ratio=MAX_RATIO,
             output_formats=("png", "jpeg", "webp"),

@@ -67,3 +67,32 @@ class ModelList(BaseModel):
 
 def drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+ImageRef = str | dict[str, str | None]
+
+
+class ImageEditRequest(BaseModel):
+    """POST /v1/images/edits: the JSON body, or the text parts of the multipart form (whose
+    files are collected separately). Images are URLs, base64 or data URLs: `image` (one or a
+    list), or OpenAI's JSON shape `images: [{"image_url": ...}]`; `mask` likewise."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    prompt: str | None = None
+    n: Loose = None
+    size: str | None = None
+    response_format: str | None = None
+    user: str | None = None
+    aspect_ratio: str | None = None
+    seed: Loose = None
+    output_format: str | None = None
+    safety_tolerance: Loose = None
+    prompt_upsampling: Loose = None
+    guidance: Loose = None
+    steps: Loose = None
+    image: ImageRef | list[ImageRef] | None = None
+    images: list[ImageRef] | None = None
+    mask: ImageRef | None = None
+    webhook_url: str | None = None

@@ -17,7 +17,8 @@ import anyio
 from adapters.base import InputImage
 from gateway.errors import InvalidRequest
 from gateway.images.fetch import ImageFetcher
-from gateway.images.validate import validate_image
+from gateway.images.masks import load_mask
+from gateway.images.validate import sniff, validate_image
 from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobSpec, OutputFormat
 from gateway.jobs.service import JobService
@@ -29,7 +30,8 @@ from gateway.storage.files import FileStore
 @dataclass(slots=True)
 class Order:
     """What a client asked for, parsed. `image_refs` are (param, URL/data URL/base64);
-    `image_blobs` are (param, bytes) from uploads."""
+    `image_blobs` are (param, bytes) from uploads. `mask` applies to the first input image
+    (see `OrderDesk.place`); `input_ratio` bounds every input's width/height when set."""
 
     model: str
     prompt: str
@@ -46,6 +48,8 @@ class Order:
     mask: bytes | None = None
     surface: str = "openai.images"
     webhook_url: str | None = None
+    input_ratio: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,31 +69,59 @@ class OrderDesk:
         self.fetcher = fetcher
         self.limits = limits
 
-    async def load_image(self, param: str, data: bytes) -> InputImage:
-        """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`)."""
+    async def load_image(self, param: str, data: bytes,
+                         ratio: tuple[float, float] | None = None) -> InputImage:
+        """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`); `ratio`
+        bounds the upright width/height."""
+        lo, hi = ratio if ratio is not None else (None, None)
         return await anyio.to_thread.run_sync(lambda: validate_image(
             data, param=param, max_bytes=self.limits.max_image_bytes,
-            max_pixels=self.limits.max_image_pixels))
+            max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
+
+    def check_image_count(self, count: int, param: str = "image") -> None:
+        """Raise InvalidRequest (`too_many_images`) above the per-request cap."""
+        if count > self.limits.max_input_images:
+            raise InvalidRequest(f"{param}: too many input images: {count}; at most "
+                                 f"{self.limits.max_input_images} per request.",
+                                 param=param, code="too_many_images")
 
     async def inputs(self, order: Order) -> list[InputImage]:
         """Every input image of the order, fetched and validated, in order."""
-        count = len(order.image_refs) + len(order.image_blobs)
-        if count > self.limits.max_input_images:
-            raise InvalidRequest(f"Too many input images: {count}; at most "
-                                 f"{self.limits.max_input_images} per request.",
-                                 param="image", code="too_many_images")
+        self.check_image_count(len(order.image_refs) + len(order.image_blobs))
         blobs = list(order.image_blobs)
         for param, ref in order.image_refs:
             blobs.append((param, await self.fetcher.load(ref, param=param)))
-        return [await self.load_image(param, data) for param, data in blobs]
+        return [await self.load_image(param, data, order.input_ratio) for param, data in blobs]
+
+    async def store_mask(self, customer: Customer, mask: bytes,
+                         images: list[InputImage]) -> str:
+        """Validate `mask` against the first (upright) input image and store it; answers the
+        file id. Raises 400 (`mask_size_mismatch`, no image), 413 or 415 naming `mask`."""
+        if not images:
+            raise InvalidRequest("mask: a mask needs an input image to apply to.",
+                                 param="mask", code="mask_without_image")
+        size = (images[0].width, images[0].height)
+        await anyio.to_thread.run_sync(lambda: load_mask(
+            mask, image_size=size, max_bytes=self.limits.max_image_bytes,
+            max_pixels=self.limits.max_image_pixels).close())
+        fmt = sniff(mask) or "PNG"
+        stored = await self.files.put(mask, f"image/{fmt.lower()}", kind="mask",
+                                      key_id=customer.key_id, size=size)
+        return stored.id
 
     async def place(self, customer: Customer, order: Order) -> list[JobRow]:
         """Create the order's jobs (reserving their price); raises InvalidRequest and friends
-        before anything is created or charged, InsufficientFunds when the balance is short."""
+        before anything is created or charged, InsufficientFunds when the balance is short.
+
+        A mask is validated against the first input image and stored (`kind="mask"`); the
+        job service composites each result with that input (see `JobService._store`)."""
         if not order.prompt.strip():
             raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
                                  param="prompt", code="invalid_prompt")
         images = await self.inputs(order)
+        mask_id = None
+        if order.mask is not None:
+            mask_id = await self.store_mask(customer, order.mask, images)
         file_ids = []
         for image in images:
             stored = await self.files.put(image.data, image.mime, kind="input",
@@ -101,7 +133,8 @@ class OrderDesk:
             JobSpec(key_id=customer.key_id, key_mode=customer.mode,
                     price_group=customer.price_group, surface=order.surface, batch_id=batch_id,
                     model=order.model, operation=order.operation, prompt=order.prompt,
-                    input_file_ids=file_ids, aspect_ratio=order.aspect_ratio,
+                    input_file_ids=file_ids, mask_file_id=mask_id,
+                    aspect_ratio=order.aspect_ratio, notes=list(order.notes),
                     seed=(order.seed + i) % (MAX_SEED + 1), output_format=order.output_format,
                     safety_tolerance=order.safety_tolerance,
                     prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),

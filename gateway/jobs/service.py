@@ -31,7 +31,7 @@ from adapters.base import (
     UpstreamState,
     UpstreamUnavailable,
 )
-from adapters.buckets import nearest_ratio
+from adapters.buckets import bucket_for_ratio, nearest_ratio, ratio_text
 from billing import ledger
 from billing.pricing import PriceTable, to_micro
 from gateway import logcontext
@@ -43,9 +43,11 @@ from gateway.errors import (
     Timeout,
     UpstreamError,
 )
+from gateway.images.masks import composite, load_mask
+from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
 from gateway.jobs.intake import expected_size
-from gateway.jobs.model import JobOutput, JobSpec, JobStatus, Stage
+from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
 from gateway.settings import JobSettings
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL = [s.value for s in JobStatus if s.terminal]
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+_STITCH_MAX_PIXELS = 4_000_000  # Kontext works at ~1 MP; keeps the merged upload small
 
 #: job error code -> the gateway error a synchronous caller receives
 FAILURES: dict[str, type[GatewayError]] = {
@@ -242,10 +245,44 @@ class JobService:
         return images
 
     def _channels_for(self, spec: JobSpec, inputs: int) -> list[Channel]:
+        """The failover order: channels taking every input natively first (routing order
+        kept inside each group), then those that get the inputs stitched into one image."""
         if spec.key_mode == "test":
             test = self.router.test_channel
             return [test] if test is not None else []
-        return self.router.candidates(spec.model, input_images=inputs)
+        channels = self.router.candidates(spec.model)
+        return sorted(channels, key=lambda c: c.adapter.capabilities.max_input_images < inputs)
+
+    async def _fit_inputs(self, row: JobRow, spec: JobSpec, channel: Channel,
+                          inputs: list[InputImage], stitched: list[InputImage],
+                          ) -> tuple[list[InputImage], JobSpec]:
+        """The inputs to send to `channel`: as they are when it takes them all, else merged
+        side by side into one image (heights equalised; cached in `stitched`). Stitching
+        records a note on the job and, with no explicit ratio, asks for the first input's
+        ratio (the stitched canvas is wider than the image being edited)."""
+        slots = channel.adapter.capabilities.max_input_images
+        if len(inputs) <= slots:
+            return inputs, spec
+        if not stitched:
+            fmt: OutputFormat = "jpeg" if all(i.mime == "image/jpeg" for i in inputs) else "png"
+            merged = await anyio.to_thread.run_sync(lambda: stitch(
+                [i.data for i in inputs], output_format=fmt, max_pixels=_STITCH_MAX_PIXELS,
+                max_bytes=max(len(i.data) for i in inputs),
+                max_input_pixels=max(i.width * i.height for i in inputs)))
+            stitched.append(InputImage(data=merged.data, mime=merged.mime,
+                                       width=merged.width, height=merged.height))
+            layout = ", ".join(f"#{t.index + 1} at x={t.x} ({t.width}x{t.height})"
+                               for t in merged.layout)
+            note = (f"channel {channel.name} takes {slots} input image(s): the {len(inputs)} "
+                    f"inputs were stitched side by side into one {merged.width}x"
+                    f"{merged.height} image ({layout})")
+            spec = spec.model_copy(update={"notes": [*spec.notes, note]})
+            await self._update(row.id, spec=spec.model_dump(mode="json"))
+        if spec.aspect_ratio is None:
+            first = inputs[0]
+            w, h = bucket_for_ratio(first.width / first.height)
+            spec = spec.model_copy(update={"aspect_ratio": ratio_text(w, h)})
+        return stitched, spec
 
     def _request_for(self, spec: JobSpec, channel: Channel,
                      inputs: list[InputImage]) -> UpstreamRequest:
@@ -275,16 +312,14 @@ class JobService:
             return
         last_error = "every channel refused the job"
         attempts = row.attempts
+        stitched: list[InputImage] = []
         for channel in channels:
-            if len(inputs) > channel.adapter.capabilities.max_input_images:
-                last_error = (f"channel {channel.name} takes at most "
-                              f"{channel.adapter.capabilities.max_input_images} input images")
-                continue
+            sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
             await channel.acquire(spec.model)
             try:
                 attempts += 1
                 logcontext.channel.set(channel.name)
-                req = self._request_for(spec, channel, inputs)
+                req = self._request_for(sent_spec, channel, sent)
                 await self._update(row.id, stage=Stage.ROUTED, channel=channel.name,
                                    upstream_model=req.model, attempts=attempts,
                                    status=JobStatus.RUNNING.value)
@@ -372,6 +407,22 @@ class JobService:
             await self._fail(row.id, "upstream_error",
                              upstream.error_message or "The upstream failed the job.")
 
+    async def _apply_mask(self, spec: JobSpec, result: bytes) -> bytes:
+        """The first input with the mask's area taken from `result` (scaled to the input's
+        size), encoded as the requested output format. Raises InvalidRequest when the result
+        cannot be decoded."""
+        assert spec.mask_file_id is not None
+        mask_row, mask = await self.files.read(spec.mask_file_id)
+        input_row, original = await self.files.read(spec.input_file_ids[0])
+        size = (input_row.width or 0, input_row.height or 0)
+
+        def work() -> bytes:
+            with load_mask(mask, image_size=size, max_bytes=max(mask_row.size, 1),
+                           max_pixels=max(size[0] * size[1], 1)) as weights:
+                return composite(original, result, weights, spec.output_format)
+
+        return await anyio.to_thread.run_sync(work)
+
     async def _store(self, row: JobRow, spec: JobSpec, channel: Channel,
                      upstream: UpstreamJob) -> None:
         outputs: list[JobOutput] = []
@@ -383,6 +434,14 @@ class JobService:
                 fmt = sniff(data)
                 if fmt is None:
                     raise UpstreamRejected("the upstream returned something that is not an image")
+                if spec.mask_file_id and spec.input_file_ids:
+                    try:
+                        data = await self._apply_mask(spec, data)
+                    except InvalidRequest as exc:
+                        raise UpstreamRejected(f"the result could not be masked: {exc.message}"
+                                               ) from exc
+                    fmt = sniff(data)
+                    assert fmt is not None
                 size = await anyio.to_thread.run_sync(image_size, data)
                 if size is None:
                     raise UpstreamRejected("the upstream returned an unreadable image")
