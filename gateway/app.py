@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from billing.pricing import PriceTable, to_micro
 from gateway import __version__
-from gateway.api import errors, files, health, images
+from gateway.api import chat, errors, files, health, images
 from gateway.api.deps import Services
 from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
@@ -105,6 +105,6 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False)
     errors.install(app)
-    for module in (health, images, files):
+    for module in (health, images, chat, files):
         app.include_router(module.router)
     return app
