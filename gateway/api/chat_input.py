@@ -98,8 +98,10 @@ def read_text(text: str) -> tuple[list[str], str]:
 
 
 def tidy(text: str) -> str:
-    """Spaces collapsed, lines stripped, at most one empty line in a row."""
-    lines = [re.sub(r"[ \t\u00a0]+", " ", line).strip() for line in text.splitlines()]
+    """Spaces collapsed (and dropped before a sentence's final punctuation, where a removed URL
+    stood), lines stripped, at most one empty line in a row."""
+    lines = [re.sub(r" ([.,;:!?])(?=\s|$)", r"\1", re.sub(r"[ \t\u00a0]+", " ", line)).strip()
+             for line in text.splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
