@@ -161,32 +161,38 @@ async def events(services: Services, reply: Reply, job_id: str, prompt: str,
                  include_usage: bool) -> AsyncIterator[str]:
     """The SSE answer for a placed job (see the module docstring); never raises."""
     chat = services.settings.chat
-    yield reply.chunk(ChoiceDelta(role="assistant", content=""))
+    done = False
     try:
-        if chat.progress:
-            yield reply.chunk(ChoiceDelta(content="Generating the image…\n\n"))
-        deadline = time.monotonic() + services.settings.jobs.sync_wait
-        status = JobStatus.QUEUED.value
-        while True:
-            remaining = deadline - time.monotonic()
-            [row] = await services.jobs.wait([job_id],
-                                             within=max(0.01, min(chat.keepalive, remaining)))
-            if JobStatus(row.status).terminal or remaining <= chat.keepalive:
-                break
-            if chat.progress and row.status != status:
-                status = row.status
-                yield reply.chunk(ChoiceDelta(content=f"Status: {status}…\n\n"))
-            yield ": ping\n\n"
-        images = result_images(services, finished(row))
-        yield reply.chunk(ChoiceDelta(content=markdown(images), images=images))
-        yield reply.chunk(ChoiceDelta(), finish_reason="stop")
-        if include_usage:
-            yield reply.usage_chunk(usage_for(prompt, len(images)))
-    except Exception as exc:
-        if not isinstance(exc, GatewayError | BillingError):
-            log.exception("chat stream for job %s failed", job_id)
-        yield stream_error_event(exc)
-    yield "data: [DONE]\n\n"
+        yield reply.chunk(ChoiceDelta(role="assistant", content=""))
+        try:
+            if chat.progress:
+                yield reply.chunk(ChoiceDelta(content="Generating the image…\n\n"))
+            deadline = time.monotonic() + services.settings.jobs.sync_wait
+            status = JobStatus.QUEUED.value
+            while True:
+                remaining = deadline - time.monotonic()
+                within = max(0.01, min(chat.keepalive, remaining))
+                [row] = await services.jobs.wait([job_id], within=within)
+                if JobStatus(row.status).terminal or remaining <= chat.keepalive:
+                    break
+                if chat.progress and row.status != status:
+                    status = row.status
+                    yield reply.chunk(ChoiceDelta(content=f"Status: {status}…\n\n"))
+                yield ": ping\n\n"
+            images = result_images(services, finished(row))
+            yield reply.chunk(ChoiceDelta(content=markdown(images), images=images))
+            yield reply.chunk(ChoiceDelta(), finish_reason="stop")
+            if include_usage:
+                yield reply.usage_chunk(usage_for(prompt, len(images)))
+        except Exception as exc:
+            if not isinstance(exc, GatewayError | BillingError):
+                log.exception("chat stream for job %s failed", job_id)
+            yield stream_error_event(exc)
+        yield "data: [DONE]\n\n"
+        done = True
+    finally:
+        if not done:
+            log.info("chat client left during job %s; the job continues and is stored", job_id)
 
 
 @router.post("/v1/chat/completions")
