@@ -23,6 +23,7 @@ test: install
 lint: install
 	$(BIN)/ruff check gateway adapters billing tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy gateway adapters billing
 
 clean:
 	rm -rf $(VENV) data

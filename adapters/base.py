@@ -34,12 +34,14 @@ class AdapterError(Exception):
     retryable: bool = False
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, retryable: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
         self.retry_after = retry_after
+        if retryable is not None:  # per-instance override of the class default
+            self.retryable = retryable
 
 
 class UpstreamRejected(AdapterError):

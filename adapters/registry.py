@@ -2,7 +2,12 @@
 
 A factory takes the channel's free-form options (already read from config), the channel's
 secret (or None), its base URL (or None for the upstream's default) and the shared
-`httpx.AsyncClient`, and returns an `Adapter`.
+`httpx.AsyncClient`, and returns an `Adapter`. Options are validated by each adapter's options
+model (unknown keys are refused: pydantic ValidationError).
+
+`NEEDS_SECRET` lists the types that cannot work without a key, and `ENV_CREDENTIALS` the
+well-known environment variables that create a channel on their own when no channel is
+configured (zero-config), with the routing priority of that channel.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ from typing import Any
 import httpx
 
 from adapters.base import Adapter
+from adapters.bfl import BflAdapter, BflOptions
+from adapters.fal import FalAdapter, FalOptions
+from adapters.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleOptions
+from adapters.replicate import ReplicateAdapter, ReplicateOptions
 from adapters.sandbox import SandboxAdapter, SandboxOptions
 
 AdapterFactory = Callable[[Mapping[str, Any], str | None, str | None, httpx.AsyncClient], Adapter]
@@ -23,9 +32,51 @@ def _sandbox(options: Mapping[str, Any], _secret: str | None, _base_url: str | N
     return SandboxAdapter(SandboxOptions.model_validate(dict(options)))
 
 
+def _bfl(options: Mapping[str, Any], secret: str | None, base_url: str | None,
+         client: httpx.AsyncClient) -> Adapter:
+    return BflAdapter(BflOptions.model_validate(dict(options)), secret, base_url, client)
+
+
+def _replicate(options: Mapping[str, Any], secret: str | None, base_url: str | None,
+               client: httpx.AsyncClient) -> Adapter:
+    return ReplicateAdapter(ReplicateOptions.model_validate(dict(options)), secret, base_url,
+                            client)
+
+
+def _fal(options: Mapping[str, Any], secret: str | None, base_url: str | None,
+         client: httpx.AsyncClient) -> Adapter:
+    return FalAdapter(FalOptions.model_validate(dict(options)), secret, base_url, client)
+
+
+def _openai(options: Mapping[str, Any], secret: str | None, base_url: str | None,
+            client: httpx.AsyncClient) -> Adapter:
+    return OpenAICompatibleAdapter(OpenAICompatibleOptions.model_validate(dict(options)), secret,
+                                   base_url, client)
+
+
 FACTORIES: dict[str, AdapterFactory] = {
     "sandbox": _sandbox,
+    "bfl": _bfl,
+    "replicate": _replicate,
+    "fal": _fal,
+    "openai": _openai,
 }
+
+#: Types that cannot serve anything without a secret.
+NEEDS_SECRET: frozenset[str] = frozenset({"bfl", "replicate", "fal"})
+
+#: Well-known env variable -> (channel type, priority) for zero-config channels. BFL (the model
+#: maker, direct) is tried first, then fal, then Replicate.
+ENV_CREDENTIALS: dict[str, tuple[str, int]] = {
+    "BFL_API_KEY": ("bfl", 30),
+    "FAL_KEY": ("fal", 20),
+    "REPLICATE_API_TOKEN": ("replicate", 10),
+}
+
+#: Default concurrency caps by type (None = unlimited), and per-model caps inside them.
+#: BFL: 24 active tasks per account, 6 for flux-kontext-max (help.bfl.ai concurrency article).
+DEFAULT_MAX_CONCURRENCY: dict[str, int] = {"bfl": 24}
+DEFAULT_MODEL_CONCURRENCY: dict[str, dict[str, int]] = {"bfl": {"flux-kontext-max": 6}}
 
 
 def build_adapter(kind: str, options: Mapping[str, Any], secret: str | None,

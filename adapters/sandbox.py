@@ -96,8 +96,8 @@ class SandboxAdapter:
             outcome, error = UpstreamState.MODERATED, "Request Moderated (sandbox)"
         elif opts.stuck_word and opts.stuck_word in prompt:
             outcome = UpstreamState.PENDING
-        elif (opts.fail_word and opts.fail_word in prompt) or \
-                self._rng.random() < opts.failure_rate:
+        elif ((opts.fail_word and opts.fail_word in prompt)
+              or self._rng.random() < opts.failure_rate):
             outcome, error = UpstreamState.FAILED, "sandbox upstream error (simulated failure)"
         task_id = f"sbx_{uuid.uuid4().hex}"
         self._tasks[task_id] = _Task(req, time.monotonic() + latency, outcome, error)
@@ -162,8 +162,8 @@ def output_size(req: UpstreamRequest) -> tuple[int, int]:
 
 def _open(image: InputImage) -> Image.Image:
     with Image.open(io.BytesIO(image.data)) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        upright = ImageOps.exif_transpose(im)
+        return upright.convert("RGB")
 
 
 def render(req: UpstreamRequest) -> tuple[bytes, str]:
@@ -180,13 +180,13 @@ def render(req: UpstreamRequest) -> tuple[bytes, str]:
         c1 = tuple(rng.randrange(256) for _ in range(3))
         c2 = tuple(rng.randrange(256) for _ in range(3))
         gradient = Image.linear_gradient("L").resize((width, height))
-        canvas = ImageOps.colorize(gradient, c1, c2)  # type: ignore[arg-type]
+        canvas = ImageOps.colorize(gradient, c1, c2)
         draw = ImageDraw.Draw(canvas)
         for _ in range(6):
             x, y = rng.randrange(width), rng.randrange(height)
             r = rng.randrange(40, 220)
             fill = tuple(rng.randrange(256) for _ in range(3))
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)  # type: ignore[arg-type]
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=28)
     label = f"FLUXGATE SANDBOX  {req.model}  seed={req.seed}"

@@ -11,14 +11,16 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
 from gateway import __version__
-from gateway.api import chat, errors, files, health, images
+from gateway.api import admin, chat, errors, files, health, images, usage
 from gateway.api.deps import Services
 from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
+from gateway.logcontext import RequestIdMiddleware
 from gateway.settings import Settings
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
@@ -54,18 +56,21 @@ async def build_services(settings: Settings) -> Services:
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
     file_store = FileStore(storage, sessions, signer)
     router = build_router(settings, http)
-    fetcher = ImageFetcher(http, max_bytes=settings.limits.max_image_bytes,
-                           timeout=settings.limits.fetch_timeout)
+    fetcher = ImageFetcher(max_bytes=settings.limits.max_image_bytes,
+                           timeout=settings.limits.fetch_timeout,
+                           allow=settings.limits.fetch_allow)
     prices = price_table(settings)
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
                       settings=settings.jobs,
                       moderation_fee=to_micro(settings.billing.moderation_fee))
     return Services(settings=settings, engine=engine, sessions=sessions, http=http,
-                    router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices)
+                    router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices,
+                    rate_limiter=RateLimiter(settings.redis_url))
 
 
 async def close_services(services: Services) -> None:
     await services.jobs.close()
+    await services.fetcher.aclose()
     await services.http.aclose()
     await services.engine.dispose()
 
@@ -104,7 +109,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False)
+    app.add_middleware(RequestIdMiddleware)
     errors.install(app)
-    for module in (health, images, chat, files):
+    for module in (health, images, chat, files, usage, admin):
         app.include_router(module.router)
     return app

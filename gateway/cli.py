@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,8 +15,13 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import keys as key_service
+from billing import ledger, usage
+from billing.errors import BillingError
 from billing.pricing import MICRO, to_micro
+from billing.tables import ApiKeyRow
+from gateway import logcontext
 from gateway.database import make_engine, make_sessionmaker, upgrade
+from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="fluxgate: an OpenAI-compatible gateway for FLUX.1 Kontext",
@@ -70,8 +74,7 @@ def serve(config: ConfigOpt = None,
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(config, **overrides)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logcontext.configure(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=25)
 
@@ -113,12 +116,7 @@ def keys_list(config: ConfigOpt = None,
                                 "balance": None if r.unlimited else r.balance,
                                 "revoked": r.revoked_at is not None} for r in rows]))
         return
-    table = Table("id", "name", "key", "mode", "balance", "status")
-    for r in rows:
-        status = "revoked" if r.revoked_at else ("disabled" if r.disabled else "active")
-        table.add_row(r.id, r.name, r.display, r.mode,
-                      "unlimited" if r.unlimited else _money(r.balance), status)
-    console.print(table)
+    console.print(_key_table(rows))
 
 
 @keys_app.command("revoke")
@@ -133,6 +131,136 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
         typer.echo(f"fluxgate: {exc.message}", err=True)
         raise typer.Exit(1) from exc
     console.print(f"revoked {row.id} ({row.name})")
+
+
+def _key_table(rows: list[ApiKeyRow]) -> Table:
+    table = Table("id", "name", "key", "mode", "balance", "rpm", "jobs max", "group", "status")
+    for r in rows:
+        status = "revoked" if r.revoked_at else ("disabled" if r.disabled else "active")
+        table.add_row(r.id, r.name, r.display, r.mode,
+                      "unlimited" if r.unlimited else _money(r.balance),
+                      str(r.rpm or "-"), str(r.max_concurrency or "-"), r.price_group or "-",
+                      status)
+    return table
+
+
+def _fail(exc: BillingError) -> typer.Exit:
+    typer.echo(f"fluxgate: {exc.message}", err=True)
+    return typer.Exit(1)
+
+
+@keys_app.command("update")
+def keys_update(key_id: str,
+                name: Annotated[str | None, typer.Option(help="a new label")] = None,
+                rpm: Annotated[int | None, typer.Option(help="requests per minute")] = None,
+                max_concurrency: Annotated[int | None, typer.Option(
+                    help="jobs in flight at most")] = None,
+                price_group: Annotated[str | None, typer.Option(help="price group")] = None,
+                model: Annotated[list[str] | None, typer.Option(
+                    help="allow only this model (repeatable)")] = None,
+                ip: Annotated[list[str] | None, typer.Option(
+                    help="allow only this IP/CIDR (repeatable)")] = None,
+                disable: Annotated[bool | None, typer.Option(
+                    "--disable/--enable", help="disable or re-enable the key")] = None,
+                clear: Annotated[list[str] | None, typer.Option(
+                    help="clear a setting: rpm, max-concurrency, price-group, models, ip")
+                ] = None,
+                config: ConfigOpt = None) -> None:
+    """Change a key's settings (options left out stay as they are)."""
+    changes: dict[str, object] = {k: v for k, v in {
+        "name": name, "rpm": rpm, "max_concurrency": max_concurrency,
+        "price_group": price_group, "models": model or None, "ip_allow": ip or None,
+        "disabled": disable}.items() if v is not None}
+    fields = {"rpm": "rpm", "max-concurrency": "max_concurrency", "price-group": "price_group",
+              "models": "models", "ip": "ip_allow"}
+    for item in clear or []:
+        if item not in fields:
+            typer.echo(f"fluxgate: cannot clear {item!r}; use one of {', '.join(fields)}",
+                       err=True)
+            raise typer.Exit(2)
+        changes[fields[item]] = None
+    settings = _settings(config)
+    try:
+        row = _with_session(settings, lambda s: key_service.update_key(s, key_id, **changes))
+    except BillingError as exc:
+        raise _fail(exc) from exc
+    console.print(_key_table([row]))
+
+
+@keys_app.command("topup")
+def keys_topup(key_id: str,
+               amount: Annotated[str, typer.Argument(help="amount in the currency, e.g. 10.50")],
+               note: Annotated[str | None, typer.Option(help="a note for the ledger")] = None,
+               config: ConfigOpt = None) -> None:
+    """Add money to a prepaid key (a ledger row)."""
+    settings = _settings(config)
+    micro = to_micro(amount)
+
+    async def go(s: AsyncSession) -> ApiKeyRow:
+        await key_service.get_key(s, key_id)
+        await ledger.top_up(s, key_id, micro, note=note)
+        row = await key_service.get_key(s, key_id)
+        await s.refresh(row)
+        return row
+
+    try:
+        row = _with_session(settings, go)
+    except (BillingError, ValueError) as exc:
+        typer.echo(f"fluxgate: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(1) from exc
+    console.print(f"topped up {row.id} by {_money(micro)} {settings.billing.currency}: "
+                  f"balance {_money(row.balance)}")
+
+
+@app.command("usage")
+def usage_cmd(key: Annotated[str | None, typer.Option("--key", help="one key's usage")] = None,
+              since: Annotated[str | None, typer.Option(help="ISO date or unix seconds")] = None,
+              until: Annotated[str | None, typer.Option(help="ISO date or unix seconds")] = None,
+              as_csv: Annotated[bool, typer.Option("--csv", help="one CSV line per job")] = False,
+              as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+              config: ConfigOpt = None) -> None:
+    """Usage and spend per key or overall, from the ledger (same code as GET /v1/usage)."""
+    from gateway.api.usage import parse_when
+
+    settings = _settings(config)
+    try:
+        start, end = parse_when(since, "since"), parse_when(until, "until")
+    except GatewayError as exc:
+        typer.echo(f"fluxgate: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    if as_csv:
+        typer.echo(_with_session(settings, lambda s: usage.usage_csv(
+            s, key_id=key, since=start, until=end)), nl=False)
+        return
+    report = _with_session(settings, lambda s: usage.usage_report(
+        s, key_id=key, since=start, until=end))
+    if as_json:
+        typer.echo(json.dumps({**report.as_dict(), "currency": settings.billing.currency}))
+        return
+    t = report.totals
+    rate = "-" if t.success_rate is None else f"{t.success_rate:.1%}"
+    head = f"usage of {key}" if key else "usage of every key"
+    console.print(f"[bold]{head}[/bold] ({settings.billing.currency})")
+    if report.balance is not None:
+        console.print(f"balance {_money(report.balance)} · top-ups {_money(report.topups)} · "
+                      f"adjustments {_money(report.adjustments)}")
+    console.print(f"jobs {t.jobs} · succeeded {t.succeeded} · success rate {rate} · "
+                  f"spend {_money(t.spend)} · held {_money(t.held)} · "
+                  f"average {_money(t.average_cost)} · p50 {_secs(t.latency_p50)} · "
+                  f"p95 {_secs(t.latency_p95)}")
+    for dim, groups in report.by.items():
+        table = Table(dim, "jobs", "succeeded", "success", "spend", "avg", "upstream", "margin",
+                      "p50", "p95", title=f"by {dim}")
+        for name, g in groups.items():
+            table.add_row(name or "-", str(g.jobs), str(g.succeeded),
+                          "-" if g.success_rate is None else f"{g.success_rate:.0%}",
+                          _money(g.spend), _money(g.average_cost), _money(g.upstream_cost),
+                          _money(g.margin), _secs(g.latency_p50), _secs(g.latency_p95))
+        console.print(table)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
 
 
 @db_app.command("upgrade")

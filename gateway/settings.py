@@ -41,6 +41,10 @@ class ChannelSettings(BaseModel):
     cost_per_image: float | None = None  # USD, the upstream's own price
     enabled: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
+    # routing knobs (gateway/jobs/routing.py): breaker and per-model concurrency caps
+    breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
+    breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds open before one probe
+    model_concurrency: dict[str, int] = Field(default_factory=dict)  # our model -> cap
 
     def model_map(self) -> dict[str, str]:
         """Our model name -> the upstream's, for the models this channel serves."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import httpx
@@ -10,6 +11,8 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing import keys
+from billing.errors import RateLimited
+from billing.limits import RateLimiter
 from billing.pricing import PriceTable
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.images.fetch import ImageFetcher
@@ -32,6 +35,9 @@ class Services:
     fetcher: ImageFetcher
     jobs: JobService
     prices: PriceTable
+    key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
+    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # admission per key
 
 
 def get_services(request: Request) -> Services:
@@ -51,6 +57,8 @@ class Principal:
     mode: str  # live | test
     models: tuple[str, ...] | None
     price_group: str | None
+    rpm: int | None = None
+    max_concurrency: int | None = None
 
     def check_model(self, model: str) -> None:
         """Raise PermissionDenied when this key may not use `model`."""
@@ -79,12 +87,33 @@ async def authenticate(request: Request, services: ServicesDep) -> Principal:
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
             code="missing_api_key")
     async with services.sessions() as session:
-        row = await keys.authenticate(session, key)
+        row = await services.key_cache.authenticate(session, key)  # <= 5 s stale at most
+    keys.check_ip(row, request.client.host if request.client else None)
     principal = Principal(key_id=row.id, name=row.name, mode=row.mode,
                           models=tuple(row.models) if row.models is not None else None,
-                          price_group=row.price_group)
+                          price_group=row.price_group, rpm=row.rpm,
+                          max_concurrency=row.max_concurrency)
     request.state.principal = principal
     return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+async def rate_limited(request: Request, principal: PrincipalDep,
+                       services: ServicesDep) -> Principal:
+    """The caller, after counting this request against its requests-per-minute limit;
+    raises billing's RateLimited (429 with retry-after and x-ratelimit-* headers)."""
+    decision = await services.rate_limiter.hit(principal.key_id, principal.rpm)
+    if decision is not None:
+        request.state.rate_headers = decision.headers()
+        if not decision.allowed:
+            exc = RateLimited(f"Rate limit reached: {decision.limit} requests per minute for "
+                              f"this API key. Retry after {decision.retry_after} s.",
+                              retry_after=decision.retry_after, limit=decision.limit,
+                              headers=decision.headers())
+            raise exc
+    return principal
+
+
+LimitedPrincipalDep = Annotated[Principal, Depends(rate_limited)]

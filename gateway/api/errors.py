@@ -13,7 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from billing.errors import BillingError, InsufficientFunds, InvalidKey, KeyForbidden
+from billing.errors import (
+    BillingError,
+    IdempotencyInProgress,
+    IdempotencyMismatch,
+    InsufficientFunds,
+    InvalidKey,
+    KeyForbidden,
+)
+from billing.errors import RateLimited as KeyRateLimited
 from gateway import errors as ge
 
 log = logging.getLogger(__name__)
@@ -36,12 +44,18 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     InvalidKey: (401, "authentication_error"),
     KeyForbidden: (403, "permission_error"),
     InsufficientFunds: (402, "insufficient_quota"),
+    KeyRateLimited: (429, "rate_limit_error"),
+    IdempotencyInProgress: (409, "conflict_error"),
+    IdempotencyMismatch: (422, "invalid_request_error"),
     BillingError: (400, "invalid_request_error"),
 }
 CODES: dict[type[Exception], str] = {
     InvalidKey: "invalid_api_key",
     KeyForbidden: "permission_denied",
     InsufficientFunds: "insufficient_quota",
+    KeyRateLimited: "rate_limit_exceeded",
+    IdempotencyInProgress: "idempotency_key_in_use",
+    IdempotencyMismatch: "idempotency_key_reused",
 }
 
 
@@ -85,6 +99,8 @@ def error_response(exc: Exception) -> JSONResponse:
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
+    for name, value in (getattr(exc, "headers", None) or {}).items():  # e.g. x-ratelimit-*
+        headers[name.lower()] = value
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
     headers["x-should-retry"] = "true" if retryable else "false"
     return JSONResponse(error_body(exc), status_code=status, headers=headers)

@@ -6,10 +6,11 @@ import base64
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
-from gateway.api.deps import Principal, PrincipalDep, Services, ServicesDep
+from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
+from gateway.api.guards import Gate, idempotent
 from gateway.api.schemas import ImageGenerationRequest
 from gateway.errors import InvalidRequest, Timeout
 from gateway.jobs import intake
@@ -31,8 +32,9 @@ DeskDep = Annotated[OrderDesk, Depends(get_desk)]
 
 
 def customer_of(principal: Principal) -> Customer:
-    mode = "test" if principal.mode == "test" else "live"
-    return Customer(key_id=principal.key_id, mode=mode, price_group=principal.price_group)
+    if principal.mode == "test":
+        return Customer(key_id=principal.key_id, mode="test", price_group=principal.price_group)
+    return Customer(key_id=principal.key_id, mode="live", price_group=principal.price_group)
 
 
 def parse_response_format(value: str | None) -> str | None:
@@ -72,9 +74,16 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
 
 
 @router.post("/v1/images/generations")
-async def create_image(body: ImageGenerationRequest, principal: PrincipalDep,
-                       services: ServicesDep, desk: DeskDep) -> JSONResponse:
+async def create_image(request: Request, body: ImageGenerationRequest,
+                       principal: LimitedPrincipalDep, services: ServicesDep,
+                       desk: DeskDep) -> Response:
     """Generate (or, with input images, edit) `n` images and wait for them."""
+    return await idempotent(request, principal, services,
+                            lambda gate: _create_image(gate, body, principal, services, desk))
+
+
+async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Principal,
+                        services: Services, desk: OrderDesk) -> JSONResponse:
     model = resolve_model(body.model)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
@@ -90,6 +99,6 @@ async def create_image(body: ImageGenerationRequest, principal: PrincipalDep,
         prompt_upsampling=intake.parse_bool(body.prompt_upsampling or False,
                                             param="prompt_upsampling"),
         image_refs=refs, webhook_url=body.webhook_url)
-    rows = await desk.place(customer_of(principal), order)
+    rows = await gate.place(desk, customer_of(principal), order)
     rows = await services.jobs.wait([r.id for r in rows])
     return JSONResponse(await images_response(services, rows, response_format))

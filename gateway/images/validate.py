@@ -1,23 +1,47 @@
-"""Input image validation: sniff the bytes, check limits from the header, decode safely.
+"""Input image validation: sniff the magic bytes, check the limits from the header, decode safely.
 
-(Foundation version: magic-byte sniffing, byte and pixel limits from the header before any
-decode, EXIF orientation. The editing issue hardens this module.)
+Everything here is synchronous Pillow work; callers run it in a thread
+(`anyio.to_thread.run_sync`). The contract every function keeps:
+
+* the format comes from the magic bytes only (never a filename or a Content-Type), and Pillow is
+  told to use that one decoder (`Image.open(..., formats=[fmt])`), so a FITS/PSD/SVG/HTML payload
+  never reaches another plugin;
+* the byte limit is checked first, the pixel limit and the aspect ratio are checked from the
+  header (`Image.open` without `load()`), so a decompression bomb is refused before any pixel
+  buffer is allocated; Pillow's own bomb guard is tightened as a second line
+  (`Image.MAX_IMAGE_PIXELS`, `DecompressionBombWarning` turned into an error);
+* the image must decode completely (`ImageFile.LOAD_TRUNCATED_IMAGES` is forced off);
+* the result is upright: an EXIF orientation is applied.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
+from fractions import Fraction
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile
 
 from adapters.base import InputImage
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 
-_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+_PILLOW_GUARD_PIXELS = 40_000_000  # Pillow warns above this and raises above twice this
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSE: dict[int, tuple[Image.Transpose, ...]] = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+_MARKUP_PREFIXES = (b"<", b"\xef\xbb\xbf<")
 
 
 def sniff(data: bytes) -> str | None:
-    """The Pillow format name for known raster magic bytes, else None."""
+    """The Pillow format name ("PNG", "JPEG", "WEBP", "GIF") for known magic bytes, else None."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):
@@ -29,30 +53,135 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def validate_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int) -> InputImage:
-    """A validated, upright input image; raises PayloadTooLarge (413), UnsupportedMedia (415)
-    or InvalidRequest (400) naming `param` and the limit. CPU-bound: call in a thread."""
+def harden_pillow(max_pixels: int = _PILLOW_GUARD_PIXELS) -> None:
+    """Tighten Pillow's process-wide guards; idempotent and cheap (called before every open).
+
+    Sets `Image.MAX_IMAGE_PIXELS` to max(40 MP, `max_pixels`) unless it is already lower, makes
+    `DecompressionBombWarning` an error and turns `ImageFile.LOAD_TRUNCATED_IMAGES` off.
+    """
+    guard = max(_PILLOW_GUARD_PIXELS, max_pixels)
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > guard:
+        Image.MAX_IMAGE_PIXELS = guard
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if not any(f[0] == "error" and f[2] is Image.DecompressionBombWarning
+               for f in warnings.filters):
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def _ratio_text(r: float) -> str:
+    f = Fraction(r).limit_denominator(20)
+    return f"{f.numerator}:{f.denominator}"
+
+
+def _too_many_pixels(param: str, w: int, h: int, max_pixels: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"{param}: image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels "
+        f"({max_pixels / 1_000_000:g} MP).", param=param, code="image_too_large")
+
+
+def open_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
+               min_ratio: float | None = None, max_ratio: float | None = None) -> Image.Image:
+    """Decode untrusted bytes into a loaded, upright Pillow image (first frame if animated).
+
+    Raises PayloadTooLarge (413) above `max_bytes`; UnsupportedMedia (415, code
+    `unsupported_image_format`) for anything but PNG/JPEG/WebP/GIF magic bytes (SVG, HTML,
+    ...); InvalidRequest (400) for more than `max_pixels` (`image_too_large`), a width/height
+    ratio outside [`min_ratio`, `max_ratio`] (`invalid_aspect_ratio`, checked on the upright
+    size) or bytes that do not decode completely (`invalid_image`, e.g. a truncated PNG).
+    Every message names `param` and the limit. The caller owns the returned image.
+    """
     if len(data) > max_bytes:
-        raise PayloadTooLarge(f"{param}: image is {len(data)} bytes; the limit is "
-                              f"{max_bytes} bytes ({max_bytes // (1024 * 1024)} MB).", param=param)
+        raise PayloadTooLarge(
+            f"{param}: image is {len(data)} bytes; the limit is {max_bytes} bytes "
+            f"({max_bytes / (1024 * 1024):g} MB).", param=param)
     fmt = sniff(data)
     if fmt is None:
-        raise UnsupportedMedia(f"{param}: not a PNG, JPEG, WebP or GIF image.", param=param,
-                               code="unsupported_image_format")
+        kind = "markup (SVG/HTML/XML)" if data.lstrip().startswith(_MARKUP_PREFIXES) else "data"
+        raise UnsupportedMedia(
+            f"{param}: the content is {kind}, not an image; accepted formats are PNG, JPEG, "
+            f"WebP and GIF.", param=param, code="unsupported_image_format")
+    harden_pillow(max_pixels)
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise InvalidRequest(f"{param}: image is {w}x{h} = {w * h} pixels; the limit is "
-                                     f"{max_pixels} pixels.", param=param, code="image_too_large")
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-            if upright is not im or fmt == "GIF":
-                buf = io.BytesIO()
-                upright.convert("RGBA" if "A" in upright.getbands() else "RGB").save(buf, "PNG")
-                data, fmt = buf.getvalue(), "PNG"
-            w, h = upright.size
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise InvalidRequest(f"{param}: the image could not be decoded ({exc}).", param=param,
-                             code="invalid_image") from exc
-    return InputImage(data=data, mime=_FORMATS[fmt], width=w, height=h)
+        im = Image.open(io.BytesIO(data), formats=[fmt])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidRequest(f"{param}: image has more than {max_pixels} pixels (the limit).",
+                             param=param, code="image_too_large") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidRequest(f"{param}: the {fmt} image could not be decoded ({exc}).",
+                             param=param, code="invalid_image") from exc
+    try:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise _too_many_pixels(param, w, h, max_pixels)
+        orientation = _orientation(im)
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+        _check_ratio(param, w, h, min_ratio, max_ratio)
+        try:
+            im.load()  # the first frame only: an animated GIF/WebP is never seeked further
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise InvalidRequest(f"{param}: the {fmt} image could not be decoded ({exc}).",
+                                 param=param, code="invalid_image") from exc
+        out: Image.Image = im
+        for op in _TRANSPOSE.get(orientation, ()):
+            out = out.transpose(op)
+        if out is not im:
+            im.close()
+        return out
+    except BaseException:
+        im.close()
+        raise
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block is not worth refusing the image for
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _check_ratio(param: str, w: int, h: int, lo: float | None, hi: float | None) -> None:
+    if lo is None and hi is None:
+        return
+    r = w / h
+    if (lo is not None and r < lo - 1e-9) or (hi is not None and r > hi + 1e-9):
+        lo_t = _ratio_text(lo) if lo is not None else "any"
+        hi_t = _ratio_text(hi) if hi is not None else "any"
+        raise InvalidRequest(
+            f"{param}: aspect ratio {w}x{h} ({r:.3f}) is outside the allowed range "
+            f"{lo_t} to {hi_t} (width/height).", param=param, code="invalid_aspect_ratio")
+
+
+def validate_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
+                   min_ratio: float | None = None,
+                   max_ratio: float | None = None) -> InputImage:
+    """A validated, upright input image, ready to send upstream.
+
+    The bytes come back unchanged when they are a still PNG/JPEG/WebP with no EXIF rotation;
+    otherwise (an EXIF orientation other than 1, any GIF, an animated WebP) they are re-encoded
+    as PNG of the upright first frame: for an animated GIF or WebP only the first frame is
+    used. `width`/`height` are the upright size. Raises as `open_image` does (413 bytes, 415
+    not an image, 400 pixels/aspect ratio/undecodable), naming `param` and the limit.
+    CPU-bound: call it in a thread.
+    """
+    fmt = sniff(data)
+    with open_image(data, param=param, max_bytes=max_bytes, max_pixels=max_pixels,
+                    min_ratio=min_ratio, max_ratio=max_ratio) as im:
+        animated = bool(getattr(im, "is_animated", False)) if fmt == "WEBP" else False
+        rotated = im.format is None  # transposed images lose `format`
+        if fmt == "GIF" or animated or rotated:
+            data = encode_png(im)
+            fmt = "PNG"
+        assert fmt is not None
+        return InputImage(data=data, mime=_MIME[fmt], width=im.width, height=im.height)
+
+
+def encode_png(im: Image.Image) -> bytes:
+    """Lossless PNG bytes of `im` (palette and odd modes normalised to RGB or RGBA)."""
+    has_alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
+    if im.mode not in ("RGB", "RGBA", "L", "LA"):
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()

@@ -1,72 +1,108 @@
 """Channels and routing: which upstream channel takes a job, in which order.
 
-Selection: the highest priority tier first, weighted random inside a tier; channels whose
-breaker is open or that an admin must re-enable are skipped. Each channel caps its concurrent
-jobs with a semaphore (jobs queue for a slot instead of failing).
+Selection (`Router.candidates`): channels that serve the model, are enabled and whose breaker
+lets a call through; the highest priority tier first, weighted random inside a tier (without
+replacement, so every usable channel appears once, as a failover order).
+
+Circuit breaker (per channel): opens after `breaker_threshold` (5) consecutive failures; stays
+open `breaker_cooldown` (30 s); then half-open, letting exactly ONE probe call through: its
+success closes the breaker, its failure re-opens it for another cooldown. `candidates()` claims
+the probe when it lists a half-open channel; a probe claimed but never reported (the job went
+to an earlier channel) is released after `probe_timeout` (4 cooldowns).
+
+Concurrency: each channel caps its in-flight jobs (`max_concurrency`; BFL defaults to 24) and,
+optionally, per model (`model_concurrency`; BFL defaults to 6 for flux-kontext-max). Callers
+queue for a slot instead of failing.
+
+Zero-config: with no channel configured, `BFL_API_KEY`, `FAL_KEY` and `REPLICATE_API_TOKEN` in
+the environment each create a channel named after its type (BFL first, then fal, then
+Replicate), and the sandbox is kept out of live routing. With neither, the sandbox serves every
+model. `Router.test_channel` is always a sandbox channel, for test-mode keys.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from adapters.base import Adapter
-from adapters.registry import build_adapter
-from adapters.sandbox import SandboxAdapter
+from adapters.registry import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MODEL_CONCURRENCY,
+    ENV_CREDENTIALS,
+    NEEDS_SECRET,
+    build_adapter,
+)
 from billing.pricing import to_micro
-from gateway.settings import ChannelSettings, Settings
+from gateway.settings import ChannelSettings, ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
+Clock = Callable[[], float]
+
 
 class CircuitBreaker:
-    """Opens after `threshold` consecutive failures; after `cooldown` s lets one probe through."""
+    """Opens after `threshold` consecutive failures; after `cooldown` s lets one probe through.
 
-    def __init__(self, threshold: int = 5, cooldown: float = 30.0) -> None:
+    `clock` is injectable (monotonic seconds) so tests need no sleeps.
+    """
+
+    def __init__(self, threshold: int = 5, cooldown: float = 30.0, *,
+                 clock: Clock = time.monotonic, probe_timeout: float | None = None) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
+        self.probe_timeout = probe_timeout if probe_timeout is not None else 4 * cooldown
+        self._clock = clock
         self.failures = 0
         self.opened_at: float | None = None
-        self._probing = False
+        self._probe_since: float | None = None
 
     @property
     def state(self) -> str:
+        """`closed`, `open` (refusing) or `half_open` (cooldown over; one probe allowed)."""
         if self.opened_at is None:
             return "closed"
-        return "half_open" if time.monotonic() - self.opened_at >= self.cooldown else "open"
+        return "half_open" if self._clock() - self.opened_at >= self.cooldown else "open"
 
     def allow(self) -> bool:
-        """May a call go through now? In half-open state only one probe at a time."""
+        """May a call go through now? Claims the single probe when half-open."""
         state = self.state
         if state == "closed":
             return True
-        if state == "half_open" and not self._probing:
-            self._probing = True
+        if state == "open":
+            return False
+        now = self._clock()
+        if self._probe_since is None or now - self._probe_since >= self.probe_timeout:
+            self._probe_since = now
             return True
         return False
 
     def success(self) -> None:
         self.failures = 0
         self.opened_at = None
-        self._probing = False
+        self._probe_since = None
 
     def failure(self) -> None:
         self.failures += 1
-        self._probing = False
-        if self.failures >= self.threshold or self.opened_at is not None:
-            self.opened_at = time.monotonic()
+        if self.opened_at is not None or self.failures >= self.threshold:
+            self.opened_at = self._clock()  # (re-)open: a failed probe starts a new cooldown
+            self._probe_since = None
 
 
 class Channel:
     """One configured upstream channel: its adapter, limits, breaker and state."""
 
-    def __init__(self, settings: ChannelSettings, adapter: Adapter) -> None:
+    def __init__(self, settings: ChannelSettings, adapter: Adapter, *,
+                 clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.name = settings.name
         self.kind = settings.type
@@ -77,10 +113,17 @@ class Channel:
                                if settings.cost_per_image is not None else None)
         mapping = settings.model_map()
         self.model_map: Mapping[str, str] = mapping or {m: m for m in adapter.capabilities.models}
-        self.breaker = CircuitBreaker()
-        self.disabled_reason: str | None = None if settings.enabled else "disabled in config"
-        limit = settings.max_concurrency
-        self._slots = asyncio.Semaphore(limit) if limit else None
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown,
+                                      clock=clock)
+        self.disabled_reason: str | None = None
+        self.disabled_at: float | None = None  # unix time
+        if not settings.enabled:
+            self.disable("disabled in config")
+        self.max_concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY.get(self.kind)
+        self._slots = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
+        caps = {**DEFAULT_MODEL_CONCURRENCY.get(self.kind, {}), **settings.model_concurrency}
+        self.model_concurrency = caps
+        self._model_slots = {m: asyncio.Semaphore(n) for m, n in caps.items()}
         self.active = 0
 
     @property
@@ -93,39 +136,78 @@ class Channel:
     def upstream_model(self, model: str) -> str:
         return self.model_map[model]
 
-    async def acquire(self) -> None:
-        if self._slots is not None:
-            await self._slots.acquire()
+    async def acquire(self, model: str | None = None) -> None:
+        """Wait for a slot on this channel (and for `model`'s own cap, when given and set).
+
+        Pass the same `model` to `release()`.
+        """
+        model_slot = self._model_slots.get(model) if model else None
+        if model_slot is not None:
+            await model_slot.acquire()
+        try:
+            if self._slots is not None:
+                await self._slots.acquire()
+        except BaseException:
+            if model_slot is not None:
+                model_slot.release()
+            raise
         self.active += 1
 
-    def release(self) -> None:
+    def release(self, model: str | None = None) -> None:
         self.active -= 1
         if self._slots is not None:
             self._slots.release()
+        model_slot = self._model_slots.get(model) if model else None
+        if model_slot is not None:
+            model_slot.release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, model: str | None = None) -> AsyncIterator[None]:
+        """`async with channel.slot(model):` — acquire and always release."""
+        await self.acquire(model)
+        try:
+            yield
+        finally:
+            self.release(model)
 
     def disable(self, reason: str) -> None:
+        """Take the channel out of routing until `enable()`; the reason and time are kept."""
         log.warning("channel %s disabled: %s", self.name, reason)
         self.disabled_reason = reason
+        self.disabled_at = time.time()
 
     def enable(self) -> None:
         self.disabled_reason = None
+        self.disabled_at = None
         self.breaker.success()
+
+    def describe(self) -> dict[str, Any]:
+        """The channel's state for the admin API (no secrets)."""
+        return {
+            "name": self.name, "type": self.kind, "label": self.label,
+            "models": dict(self.model_map), "priority": self.priority, "weight": self.weight,
+            "enabled": self.disabled_reason is None, "disabled_reason": self.disabled_reason,
+            "disabled_at": self.disabled_at, "breaker": self.breaker.state,
+            "consecutive_failures": self.breaker.failures, "active": self.active,
+            "max_concurrency": self.max_concurrency,
+            "model_concurrency": dict(self.model_concurrency),
+        }
 
 
 class Router:
-    """Orders the channels that may take a job."""
+    """Orders the channels that may take a job; holds the test-mode sandbox channel."""
 
     def __init__(self, channels: list[Channel], rng: random.Random | None = None,
                  test_channel: Channel | None = None) -> None:
         self.channels = channels
         self._rng = rng or random.Random()
-        #: the sandbox that serves test-mode keys, whatever the live channels are
-        self.test_channel = test_channel or next(
-            (c for c in channels if c.kind == "sandbox"),
-            Channel(ChannelSettings(name="sandbox-test", type="sandbox"), SandboxAdapter()))
+        self.test_channel = test_channel
 
     def get(self, name: str) -> Channel | None:
-        return next((c for c in self.channels if c.name == name), None)
+        found = next((c for c in self.channels if c.name == name), None)
+        if found is None and self.test_channel is not None and self.test_channel.name == name:
+            return self.test_channel
+        return found
 
     def models(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -135,39 +217,86 @@ class Router:
                     seen[m] = None
         return list(seen)
 
-    def candidates(self, model: str, *, kinds: set[str] | None = None) -> list[Channel]:
-        """Channels able to take `model` now, in the order to try them."""
+    def candidates(self, model: str, kinds: set[str] | None = None, *,
+                   input_images: int = 0) -> list[Channel]:
+        """Channels able to take `model` now, in the order to try them.
+
+        Skips disabled channels, channels whose adapter takes fewer than `input_images`
+        images, and channels whose breaker refuses; listing a half-open channel claims its
+        single probe.
+        """
         usable = [c for c in self.channels
                   if c.serves(model) and c.disabled_reason is None
-                  and (kinds is None or c.kind in kinds)]
+                  and (kinds is None or c.kind in kinds)
+                  and c.adapter.capabilities.max_input_images >= input_images]
         ordered: list[Channel] = []
         for prio in sorted({c.priority for c in usable}, reverse=True):
             tier = [c for c in usable if c.priority == prio]
             while tier:
                 weights = [max(c.weight, 0) for c in tier]
-                if sum(weights) == 0:
-                    pick = tier[0]
-                else:
-                    pick = self._rng.choices(tier, weights=weights)[0]
+                pick = tier[0] if sum(weights) == 0 else self._rng.choices(tier, weights)[0]
                 ordered.append(pick)
                 tier.remove(pick)
-        return ordered
+        return [c for c in ordered if c.breaker.allow()]
 
 
-def channel_settings(settings: Settings) -> list[ChannelSettings]:
-    """The configured channels, or the sandbox when none are configured."""
+def _default_sandbox(settings: Settings) -> ChannelSettings:
+    return ChannelSettings(name="sandbox", type="sandbox", options=dict(settings.sandbox))
+
+
+def zero_config_channels(env: Mapping[str, str]) -> list[ChannelSettings]:
+    """One channel per well-known credential present in `env` (name = type)."""
+    return [ChannelSettings(name=kind, type=kind, api_key_env=var, priority=priority)
+            for var, (kind, priority) in ENV_CREDENTIALS.items() if env.get(var)]
+
+
+def channel_settings(settings: Settings,
+                     env: Mapping[str, str] | None = None) -> list[ChannelSettings]:
+    """The configured channels; else zero-config channels from `env`; else the sandbox."""
     if settings.channels:
         return list(settings.channels)
-    return [ChannelSettings(name="sandbox", type="sandbox", options=dict(settings.sandbox))]
+    return zero_config_channels(os.environ if env is None else env) or [_default_sandbox(settings)]
+
+
+def _secret(cs: ChannelSettings, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(secret, env variable name) of a channel; well-known variables are the fallback."""
+    var = cs.api_key_env or next((v for v, (k, _) in ENV_CREDENTIALS.items() if k == cs.type),
+                                 None)
+    return (env.get(var) if var else None), var
+
+
+def _build_channel(cs: ChannelSettings, client: httpx.AsyncClient, env: Mapping[str, str],
+                   clock: Clock) -> Channel:
+    secret, var = _secret(cs, env)
+    try:
+        adapter = build_adapter(cs.type, cs.options, secret, cs.base_url, client)
+    except KeyError as exc:
+        raise ConfigError(f"channels.{cs.name}: type {cs.type!r} has no adapter in this build"
+                          ) from exc
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()
+        raise ConfigError(f"channels.{cs.name}: invalid channel: {' '.join(first[:3])}") from exc
+    channel = Channel(cs, adapter, clock=clock)
+    if cs.type in NEEDS_SECRET and not secret and channel.disabled_reason is None:
+        channel.disable(f"no credential: environment variable {var or 'api_key_env'} is not set")
+    return channel
 
 
 def build_router(settings: Settings, client: httpx.AsyncClient,
-                 env: Mapping[str, str] | None = None) -> Router:
-    """Build every channel's adapter from settings; secrets come from the environment."""
+                 env: Mapping[str, str] | None = None, *, rng: random.Random | None = None,
+                 clock: Clock = time.monotonic) -> Router:
+    """Build every channel's adapter from settings; secrets come from `env` (os.environ).
+
+    Raises ConfigError for an unknown channel type or invalid channel options.
+    """
     env = os.environ if env is None else env
-    channels = []
-    for cs in channel_settings(settings):
-        secret = env.get(cs.api_key_env) if cs.api_key_env else None
-        adapter = build_adapter(cs.type, cs.options, secret, cs.base_url, client)
-        channels.append(Channel(cs, adapter))
-    return Router(channels)
+    channels = [_build_channel(cs, client, env, clock) for cs in channel_settings(settings, env)]
+    names = [c.name for c in channels]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"channels: names must be unique, got {names}")
+    test = next((c for c in channels if c.kind == "sandbox"), None)
+    if test is None:
+        test = _build_channel(_default_sandbox(settings), client, env, clock)
+    log.info("channels: %s (test channel: %s)",
+             ", ".join(f"{c.name}[{c.kind}]" for c in channels), test.name)
+    return Router(channels, rng=rng, test_channel=test)

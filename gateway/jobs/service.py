@@ -34,6 +34,7 @@ from adapters.base import (
 from adapters.buckets import nearest_ratio
 from billing import ledger
 from billing.pricing import PriceTable, to_micro
+from gateway import logcontext
 from gateway.errors import (
     ContentPolicy,
     GatewayError,
@@ -179,6 +180,7 @@ class JobService:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def _run_guarded(self, job_id: str) -> None:
+        logcontext.job_id.set(job_id)  # this task's own context
         try:
             await self._run(job_id)
         except asyncio.CancelledError:
@@ -215,13 +217,13 @@ class JobService:
                 await self._fail(job_id, "upstream_error",
                                  f"Channel {row.channel!r} is no longer configured.")
                 return
-            await channel.acquire()
+            await channel.acquire(spec.model)
             try:
                 upstream = UpstreamJob(id=row.upstream_id, poll_url=row.poll_url,
                                        handle=dict(row.upstream_handle or {}))
                 await self._follow(row, spec, channel, upstream)
             finally:
-                channel.release()
+                channel.release(spec.model)
             return
         if row.status == JobStatus.RUNNING.value:
             # we crashed between sending the submit and recording its answer: ambiguous
@@ -239,10 +241,11 @@ class JobService:
                                      width=file_row.width or 0, height=file_row.height or 0))
         return images
 
-    def _channels_for(self, spec: JobSpec) -> list[Channel]:
+    def _channels_for(self, spec: JobSpec, inputs: int) -> list[Channel]:
         if spec.key_mode == "test":
-            return [self.router.test_channel]
-        return self.router.candidates(spec.model)
+            test = self.router.test_channel
+            return [test] if test is not None else []
+        return self.router.candidates(spec.model, input_images=inputs)
 
     def _request_for(self, spec: JobSpec, channel: Channel,
                      inputs: list[InputImage]) -> UpstreamRequest:
@@ -265,7 +268,7 @@ class JobService:
             extra=dict(spec.extra))
 
     async def _submit(self, row: JobRow, spec: JobSpec, inputs: list[InputImage]) -> None:
-        channels = self._channels_for(spec)
+        channels = self._channels_for(spec, len(inputs))
         if not channels:
             await self._fail(row.id, "no_channel",
                              f"No upstream channel can serve {spec.model} right now.")
@@ -277,9 +280,10 @@ class JobService:
                 last_error = (f"channel {channel.name} takes at most "
                               f"{channel.adapter.capabilities.max_input_images} input images")
                 continue
-            await channel.acquire()
+            await channel.acquire(spec.model)
             try:
                 attempts += 1
+                logcontext.channel.set(channel.name)
                 req = self._request_for(spec, channel, inputs)
                 await self._update(row.id, stage=Stage.ROUTED, channel=channel.name,
                                    upstream_model=req.model, attempts=attempts,
@@ -293,6 +297,9 @@ class JobService:
                     last_error = exc.message
                     continue
                 except UpstreamRejected as exc:
+                    if exc.code == "unsupported_request":  # this channel can't; another may
+                        last_error = exc.message
+                        continue
                     if not exc.retryable:
                         channel.breaker.success()  # the upstream works; the request is bad
                         code = exc.code if exc.code == "content_policy_violation" \
@@ -315,7 +322,7 @@ class JobService:
                 await self._follow(row, spec, channel, upstream, started=started)
                 return
             finally:
-                channel.release()
+                channel.release(spec.model)
         await self._fail(row.id, "upstream_unavailable",
                          f"No upstream could take the job: {last_error}")
 

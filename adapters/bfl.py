@@ -1,0 +1,224 @@
+"""Black Forest Labs' own API (FLUX.1 Kontext [pro] and [max]).
+
+Docs: https://docs.bfl.ai/integration_guidelines (hosts, polling),
+https://docs.bfl.ml/api-reference/models/edit-or-create-an-image-with-flux-kontext-pro (create),
+https://docs.bfl.ml/api-reference/utility/get-result.md (poll),
+https://docs.bfl.ml/api_integration/errors.md (HTTP errors),
+https://help.bfl.ai/articles/7158018353-what-is-the-concurrency-limit-for-the-api (24 active
+tasks, 6 for kontext-max; over that: 429).
+
+Wire contract used here:
+- auth `x-key: <key>`; default host `https://api.bfl.ai` (global); `https://api.eu.bfl.ai` and
+  `https://api.us.bfl.ai` are set as the channel's `base_url`.
+- `POST {base}/v1/flux-kontext-pro|max` with `prompt`, `input_image` (base64 of the bytes),
+  `input_image_2..4` ("experimental multiref"), `aspect_ratio` (21:9..9:21), `seed`,
+  `output_format` (png|jpeg), `safety_tolerance` (0..6), `prompt_upsampling`; answers
+  `{id, polling_url, cost?, input_mp?, output_mp?}`.
+- `GET {polling_url}` EXACTLY as returned (it names the region that took the job; another host
+  answers "Task not found"); `{id, status, result, progress}`; when Ready `result.sample` is a
+  signed URL on a `delivery-*.bfl.ai` host that expires after 10 minutes.
+
+Quirks and what is not confirmed:
+- `cost` is "price in cents" per ComfyUI's BFL model (comfy_api_nodes/apis/bfl.py), not BFL's
+  reference: UNCONFIRMED; it is recorded as USD (cents / 100).
+- "Processing" is not in BFL's status enum as ComfyUI copies it (Pending, Ready, Error, Request
+  Moderated, Content Moderated, Task not found); it is accepted as pending anyway.
+- No cancel endpoint is documented: `cancel()` does nothing.
+- webp output is UNCONFIRMED for BFL direct, so it is not offered (png is sent instead).
+- The webhook signature scheme is UNCONFIRMED; this adapter polls only.
+- `Error` is a terminal failure (ComfyUI and BFL's reference client treat every non-Pending,
+  non-Ready status as failed).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters import transport
+from adapters.base import (
+    Capabilities,
+    UpstreamAmbiguous,
+    UpstreamJob,
+    UpstreamOutput,
+    UpstreamRejected,
+    UpstreamRequest,
+    UpstreamState,
+    UpstreamUnavailable,
+)
+
+DEFAULT_BASE_URL = "https://api.bfl.ai"
+BFL_MODELS = ("flux-kontext-pro", "flux-kontext-max")
+_EXTRA_IMAGE_FIELDS = ("input_image_2", "input_image_3", "input_image_4")
+_MODERATED = frozenset({"Request Moderated", "Content Moderated"})
+_PENDING = frozenset({"Pending", "Processing", "Queued"})
+
+
+class BflOptions(BaseModel):
+    """Channel options for a BFL channel (all times in seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    submit_timeout: float = Field(default=30.0, gt=0)
+    poll_timeout: float = Field(default=10.0, gt=0)
+    download_timeout: float = Field(default=30.0, gt=0)
+    models: tuple[str, ...] = BFL_MODELS
+
+
+def _clamp_ratio(ratio: str | None) -> str | None:
+    """Keep a "W:H" inside 21:9..9:21 (BFL refuses anything wider or taller)."""
+    if not ratio:
+        return None
+    w, h = (float(x) for x in ratio.split(":"))
+    if w / h > 7 / 3:
+        return "21:9"
+    if w / h < 3 / 7:
+        return "9:21"
+    return ratio
+
+
+def _to_request(req: UpstreamRequest) -> tuple[str, dict[str, Any]]:
+    """The create path and JSON body for `req`."""
+    if len(req.images) > 1 + len(_EXTRA_IMAGE_FIELDS):
+        raise UpstreamRejected("BFL takes at most 4 input images", code="unsupported_request",
+                               retryable=True)
+    body: dict[str, Any] = {"prompt": req.prompt}
+    for i, image in enumerate(req.images):
+        key = "input_image" if i == 0 else _EXTRA_IMAGE_FIELDS[i - 1]
+        body[key] = base64.b64encode(image.data).decode("ascii")
+    if ratio := _clamp_ratio(req.aspect_ratio):
+        body["aspect_ratio"] = ratio
+    if req.seed is not None:
+        body["seed"] = req.seed
+    body["output_format"] = "jpeg" if req.output_format == "jpeg" else "png"
+    if req.safety_tolerance is not None:
+        body["safety_tolerance"] = min(max(req.safety_tolerance, 0), 6)
+    body["prompt_upsampling"] = req.prompt_upsampling
+    return f"/v1/{req.model}", body
+
+
+def _from_submit(data: dict[str, Any]) -> UpstreamJob:
+    """The accepted job from BFL's create answer."""
+    job_id, polling_url = data.get("id"), data.get("polling_url")
+    if not isinstance(job_id, str) or not isinstance(polling_url, str):
+        raise UpstreamAmbiguous(f"BFL accepted without id/polling_url: {sorted(data)}",
+                                code="ambiguous_submit")
+    cost = data.get("cost")
+    return UpstreamJob(id=job_id, poll_url=polling_url, handle={"polling_url": polling_url},
+                       progress=0.0,
+                       cost=float(cost) / 100 if isinstance(cost, int | float) else None)
+
+
+def _from_response(job: UpstreamJob, data: dict[str, Any]) -> UpstreamJob:
+    """Update `job` from a get_result answer."""
+    status = str(data.get("status", ""))
+    progress = data.get("progress")
+    if status in _PENDING:
+        job.state = UpstreamState.PENDING
+        if isinstance(progress, int | float):
+            job.progress = float(progress)
+        return job
+    result = data.get("result")
+    if status == "Ready":
+        sample = result.get("sample") if isinstance(result, dict) else None
+        if isinstance(sample, str) and sample:
+            job.state = UpstreamState.SUCCEEDED
+            job.outputs = [UpstreamOutput(url=sample)]
+            job.progress = 1.0
+            return job
+        job.state = UpstreamState.FAILED
+        job.error_code, job.error_message = "upstream_error", "Ready without result.sample"
+        return job
+    detail = _detail(data, result) or status
+    if status in _MODERATED:
+        job.state = UpstreamState.MODERATED
+        job.error_code = "content_moderated"
+    elif status == "Task not found":
+        job.state = UpstreamState.NOT_FOUND
+        job.error_code = "not_found"
+    else:  # "Error" and anything BFL may add
+        job.state = UpstreamState.FAILED
+        job.error_code = "upstream_error"
+    job.error_message = detail
+    return job
+
+
+def _detail(data: dict[str, Any], result: Any) -> str | None:
+    status = str(data.get("status", ""))
+    for source in (data.get("details"), data.get("error"), result):
+        if isinstance(source, str) and source:
+            return f"{status}: {source}"
+        if isinstance(source, dict) and source:
+            reasons = source.get("Moderation Reasons") or source.get("message")
+            if reasons:
+                return f"{status}: {reasons}"
+    return None
+
+
+class BflAdapter:
+    """BFL API adapter (see the module docstring)."""
+
+    def __init__(self, options: BflOptions, secret: str | None, base_url: str | None,
+                 client: httpx.AsyncClient) -> None:
+        self.options = options
+        self._key = secret or ""
+        self._base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._client = client
+        self.capabilities = Capabilities(
+            models=options.models, max_input_images=4, min_ratio=3 / 7, max_ratio=7 / 3,
+            output_formats=("png", "jpeg"), safety_range=(0, 6), supports_cancel=False,
+            label="bfl")
+
+    def _phases(self, total: float) -> httpx.Timeout:
+        return httpx.Timeout(total, connect=self.options.connect_timeout)
+
+    async def submit(self, req: UpstreamRequest) -> UpstreamJob:
+        path, body = _to_request(req)
+        opts = self.options
+        resp = await transport.submit_call(
+            self._client, "POST", self._base + path, json=body,
+            headers={"x-key": self._key, "accept": "application/json"},
+            deadline=opts.submit_timeout, phases=self._phases(opts.submit_timeout))
+        transport.raise_for_submit(resp)
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise UpstreamAmbiguous("BFL answered 2xx with a body that is not JSON",
+                                    code="ambiguous_submit") from exc
+        return _from_submit(data if isinstance(data, dict) else {})
+
+    async def poll(self, job: UpstreamJob) -> UpstreamJob:
+        url = job.poll_url or str(job.handle.get("polling_url") or "")
+        if not url:  # a job from before polling_url existed: BFL's documented fallback
+            url = f"{self._base}/v1/get_result?id={job.id}"
+        opts = self.options
+        resp = await transport.poll_call(
+            self._client, "GET", url, headers={"x-key": self._key, "accept": "application/json"},
+            deadline=opts.poll_timeout, phases=self._phases(opts.poll_timeout))
+        if resp.status_code == 404:
+            job.state, job.error_code = UpstreamState.NOT_FOUND, "not_found"
+            job.error_message = transport.error_message(resp)
+            return job
+        transport.raise_for_poll(resp)
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise UpstreamUnavailable("BFL status answer is not JSON", code="bad_answer") from exc
+        return _from_response(job, data if isinstance(data, dict) else {})
+
+    async def cancel(self, job: UpstreamJob) -> None:
+        """BFL documents no cancel endpoint; nothing to do."""
+
+    async def download(self, output: UpstreamOutput) -> bytes:
+        if output.data is not None:
+            return output.data
+        if not output.url:
+            raise UpstreamUnavailable("output has neither data nor url", code="no_output")
+        return await transport.download(self._client, output.url,
+                                        deadline=self.options.download_timeout,
+                                        connect=self.options.connect_timeout)
+

@@ -1,0 +1,266 @@
+"""Replicate's HTTP API, running the official FLUX.1 Kontext models.
+
+Docs: https://replicate.com/docs/topics/predictions/create-a-prediction (create, `Prefer: wait`),
+https://replicate.com/docs/topics/predictions/lifecycle (statuses),
+https://replicate.com/docs/topics/predictions/rate-limits (429 body),
+https://replicate.com/changelog/2025-10-16-prediction-deadlines (`Cancel-After`, `aborted`),
+model schemas: https://replicate.com/black-forest-labs/flux-kontext-pro/api (and -max, -dev),
+https://replicate.com/flux-kontext-apps/multi-image-kontext-pro/api; client behaviour read in
+replicate/replicate-python (`client.py`, `prediction.py`).
+
+Wire contract used here:
+- `Authorization: Bearer <token>`; base `https://api.replicate.com` (a base ending in `/v1` is
+  accepted too).
+- `POST {base}/v1/models/{owner}/{name}/predictions` with `{"input": {...}}` and
+  `Prefer: wait=N` (N = `wait` option, ≤ 60; 0 sends no Prefer header). The read timeout is
+  N + 5 s. If the model finishes in time the answer carries `output`; otherwise it is still
+  `starting`/`processing` and the job is polled at `urls.get` (else `/v1/predictions/{id}`).
+- statuses: starting/processing → pending; succeeded → `output` (a URI string or a list);
+  failed → failed, or moderated when `error` reads like a safety refusal ("NSFW", "flagged",
+  "sensitive", Replicate's `E005`); canceled/aborted → canceled.
+- cancel: `POST urls.cancel` (else `/v1/predictions/{id}/cancel`).
+- errors are RFC 7807 (`detail`); 429 `{"detail": "Request was throttled. Your rate limit
+  resets in ~30s."}` → retry_after from `Retry-After`, else from that sentence.
+
+Model mapping: our ids map to `black-forest-labs/flux-kontext-pro|max|dev` unless the channel
+names an `owner/name` itself. With 2 input images pro/max switch to
+`flux-kontext-apps/multi-image-kontext-pro|max` (`input_image_1`, `input_image_2`; exactly 2;
+safety_tolerance 0..2). Input images are sent as data URLs (Replicate recommends them only
+under 1 MB; a `/v1/files` upload is not implemented). `aspect_ratio` is snapped to the model's
+enum; without a ratio it is `match_input_image` when there is an input image, else `1:1`.
+safety_tolerance is capped at 2 when input images are used ("2 is currently the maximum
+allowed when input images are used"). Dev takes no safety_tolerance; it takes `guidance`,
+`num_inference_steps` (alias `steps`), `go_fast` and `output_quality` from `req.extra`.
+
+UNCONFIRMED: Replicate's Kontext prices (not reported by the API; `cost` stays None); the
+moderation wording of `error` (matched loosely); `go_fast` on dev (seen on a mirror only).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters import transport
+from adapters.base import (
+    Capabilities,
+    UpstreamAmbiguous,
+    UpstreamJob,
+    UpstreamOutput,
+    UpstreamRejected,
+    UpstreamRequest,
+    UpstreamState,
+    UpstreamUnavailable,
+)
+from adapters.buckets import nearest_ratio
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.replicate.com"
+ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4", "21:9", "9:21",
+                 "2:1", "1:2")
+DEFAULT_MODEL_NAMES = {
+    "flux-kontext-pro": "black-forest-labs/flux-kontext-pro",
+    "flux-kontext-max": "black-forest-labs/flux-kontext-max",
+    "flux-kontext-dev": "black-forest-labs/flux-kontext-dev",
+}
+DEFAULT_MULTI_IMAGE_MODELS = {
+    "black-forest-labs/flux-kontext-pro": "flux-kontext-apps/multi-image-kontext-pro",
+    "black-forest-labs/flux-kontext-max": "flux-kontext-apps/multi-image-kontext-max",
+}
+_MODERATION = re.compile(r"nsfw|flagged|sensitive|moderat|safety|content policy|\bE005\b",
+                         re.IGNORECASE)
+_DEV_EXTRAS = {"guidance": "guidance", "num_inference_steps": "num_inference_steps",
+               "steps": "num_inference_steps", "go_fast": "go_fast",
+               "output_quality": "output_quality"}
+
+
+class ReplicateOptions(BaseModel):
+    """Channel options for a Replicate channel (times in seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wait: int = Field(default=60, ge=0, le=60)  # Prefer: wait=N on create; 0 = answer at once
+    cancel_after: str | None = None  # Cancel-After header, e.g. "10m" (a deadline upstream)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    submit_timeout: float = Field(default=30.0, gt=0)  # used when wait is 0
+    poll_timeout: float = Field(default=10.0, gt=0)
+    download_timeout: float = Field(default=30.0, gt=0)
+    models: tuple[str, ...] = tuple(DEFAULT_MODEL_NAMES)
+    model_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODEL_NAMES))
+    multi_image_models: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_MULTI_IMAGE_MODELS))
+
+
+def _unsupported(message: str) -> UpstreamRejected:
+    # retryable: another channel (BFL takes 4 images, text-to-image...) may serve it
+    return UpstreamRejected(message, code="unsupported_request", retryable=True)
+
+
+def _aspect_ratio(req: UpstreamRequest) -> str:
+    if req.aspect_ratio:
+        w, h = req.aspect_ratio.split(":")
+        return nearest_ratio(float(w) / float(h), ASPECT_RATIOS)
+    return "match_input_image" if req.images else "1:1"
+
+
+def _to_request(req: UpstreamRequest, opts: ReplicateOptions) -> tuple[str, dict[str, Any]]:
+    """The `owner/name` to run and the prediction's `input` for `req`."""
+    name = req.model if "/" in req.model else opts.model_names.get(
+        req.model, f"black-forest-labs/{req.model}")
+    is_dev = name.rsplit("/", 1)[-1].endswith("-dev")
+    images = [transport.data_url(i.data, i.mime) for i in req.images]
+    fmt = {"jpeg": "jpg", "png": "png", "webp": "webp" if is_dev else "png"}[req.output_format]
+    body: dict[str, Any] = {"prompt": req.prompt}
+    if len(images) >= 2:
+        multi = opts.multi_image_models.get(name)
+        if is_dev or multi is None:
+            raise _unsupported(f"{name} on Replicate takes one input image")
+        if len(images) > 2:
+            raise _unsupported("Replicate's multi-image Kontext takes exactly 2 input images")
+        name = multi
+        body["input_image_1"], body["input_image_2"] = images
+    elif images:
+        body["input_image"] = images[0]
+    elif is_dev:
+        raise _unsupported("flux-kontext-dev on Replicate needs an input image")
+    body["aspect_ratio"] = _aspect_ratio(req)
+    if req.seed is not None:
+        body["seed"] = req.seed
+    body["output_format"] = fmt
+    if is_dev:
+        for key, field in _DEV_EXTRAS.items():
+            if key in req.extra:
+                body[field] = req.extra[key]
+    else:
+        if req.safety_tolerance is not None:
+            cap = 2 if images else 6
+            body["safety_tolerance"] = min(max(req.safety_tolerance, 0), cap)
+        if len(images) < 2:  # the multi-image apps have no prompt_upsampling input
+            body["prompt_upsampling"] = req.prompt_upsampling
+    return name, {"input": body}
+
+
+def _from_response(data: dict[str, Any], job: UpstreamJob | None = None) -> UpstreamJob:
+    """A prediction object (create answer or GET) → the job."""
+    pred_id = data.get("id")
+    if not isinstance(pred_id, str):
+        raise UpstreamUnavailable("Replicate answered without a prediction id", code="bad_answer")
+    raw_urls = data.get("urls")
+    urls: dict[str, Any] = raw_urls if isinstance(raw_urls, dict) else {}
+    if job is None:
+        job = UpstreamJob(id=pred_id)
+    if isinstance(urls.get("get"), str):
+        job.poll_url = urls["get"]
+    if isinstance(urls.get("cancel"), str):
+        job.handle["cancel_url"] = urls["cancel"]
+    status = data.get("status")
+    error = data.get("error")
+    if status in ("starting", "processing"):
+        job.state = UpstreamState.PENDING
+    elif status == "succeeded":
+        output = data.get("output")
+        found = [output] if isinstance(output, str) else (
+            [o for o in output if isinstance(o, str)] if isinstance(output, list) else [])
+        if found:
+            job.state = UpstreamState.SUCCEEDED
+            job.outputs = [UpstreamOutput(url=u) for u in found]
+            job.progress = 1.0
+        else:
+            job.state, job.error_code = UpstreamState.FAILED, "upstream_error"
+            job.error_message = "succeeded without output"
+    elif status in ("canceled", "aborted"):
+        job.state, job.error_code = UpstreamState.CANCELED, str(status)
+        job.error_message = str(error) if error else f"prediction {status}"
+    else:  # failed, or a status Replicate may add
+        message = str(error) if error else f"prediction {status}"
+        moderated = bool(_MODERATION.search(message))
+        job.state = UpstreamState.MODERATED if moderated else UpstreamState.FAILED
+        job.error_code = "content_moderated" if moderated else "upstream_error"
+        job.error_message = message
+    return job
+
+
+class ReplicateAdapter:
+    """Replicate adapter (see the module docstring)."""
+
+    def __init__(self, options: ReplicateOptions, secret: str | None, base_url: str | None,
+                 client: httpx.AsyncClient) -> None:
+        self.options = options
+        self._token = secret or ""
+        self._base = (base_url or DEFAULT_BASE_URL).rstrip("/").removesuffix("/v1")
+        self._client = client
+        self.capabilities = Capabilities(
+            models=options.models, max_input_images=2, min_ratio=3 / 7, max_ratio=7 / 3,
+            aspect_ratios=ASPECT_RATIOS, output_formats=("png", "jpeg", "webp"),
+            safety_range=(0, 6), supports_cancel=True, label="replicate")
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def submit(self, req: UpstreamRequest) -> UpstreamJob:
+        opts = self.options
+        name, body = _to_request(req, opts)
+        headers = self._headers()
+        if opts.wait:
+            headers["Prefer"] = f"wait={opts.wait}"
+            read = opts.wait + 5.0
+        else:
+            read = opts.submit_timeout
+        if opts.cancel_after:
+            headers["Cancel-After"] = opts.cancel_after
+        resp = await transport.submit_call(
+            self._client, "POST", f"{self._base}/v1/models/{name}/predictions", json=body,
+            headers=headers, deadline=read + opts.connect_timeout,
+            phases=httpx.Timeout(read, connect=opts.connect_timeout))
+        transport.raise_for_submit(resp)
+        try:
+            data = resp.json()
+            return _from_response(data if isinstance(data, dict) else {})
+        except (ValueError, UpstreamUnavailable) as exc:
+            # a 2xx we cannot read: the prediction may exist, so never re-submit
+            raise UpstreamAmbiguous(f"unreadable create answer: {exc}",
+                                              code="ambiguous_submit") from exc
+
+    def _poll_url(self, job: UpstreamJob) -> str:
+        return job.poll_url or f"{self._base}/v1/predictions/{job.id}"
+
+    async def poll(self, job: UpstreamJob) -> UpstreamJob:
+        opts = self.options
+        resp = await transport.poll_call(
+            self._client, "GET", self._poll_url(job), headers=self._headers(),
+            deadline=opts.poll_timeout,
+            phases=httpx.Timeout(opts.poll_timeout, connect=opts.connect_timeout))
+        if resp.status_code == 404:
+            job.state, job.error_code = UpstreamState.NOT_FOUND, "not_found"
+            job.error_message = transport.error_message(resp)
+            return job
+        transport.raise_for_poll(resp)
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise UpstreamUnavailable("Replicate answered with non-JSON",
+                                      code="bad_answer") from exc
+        return _from_response(data if isinstance(data, dict) else {}, job)
+
+    async def cancel(self, job: UpstreamJob) -> None:
+        opts = self.options
+        url = str(job.handle.get("cancel_url") or f"{self._base}/v1/predictions/{job.id}/cancel")
+        resp = await transport.poll_call(
+            self._client, "POST", url, headers=self._headers(), deadline=opts.poll_timeout,
+            phases=httpx.Timeout(opts.poll_timeout, connect=opts.connect_timeout))
+        if not resp.is_success:
+            log.info("replicate cancel of %s answered %s", job.id, resp.status_code)
+
+    async def download(self, output: UpstreamOutput) -> bytes:
+        if output.data is not None:
+            return output.data
+        if not output.url:
+            raise UpstreamUnavailable("output has neither data nor url", code="no_output")
+        return await transport.download(self._client, output.url,
+                                        deadline=self.options.download_timeout,
+                                        connect=self.options.connect_timeout)

@@ -1,0 +1,170 @@
+"""Failover through the real job service: two BFL channels stubbed at the transport (respx)
+with BFL's documented wire format (`{id, polling_url}`, `get_result` -> `Ready` +
+`result.sample`)."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from PIL import Image
+from sqlalchemy import select
+
+from billing.tables import LedgerRow
+from gateway.jobs.model import JobSpec
+from gateway.jobs.tables import JobRow
+from tests.conftest import Gateway
+
+A, B = "https://a.bfl.test", "https://b.bfl.test"
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (1024, 1024), (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+PNG = png()
+
+
+def channels(**a_extra: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": "A", "type": "bfl", "base_url": A, "api_key_env": "A_KEY", "priority": 1,
+         "max_concurrency": 500, **a_extra},
+        {"name": "B", "type": "bfl", "base_url": B, "api_key_env": "B_KEY", "priority": 1,
+         "max_concurrency": 500},
+    ]
+
+
+class FakeBfl:
+    """A BFL upstream at `base`: counts submits; `fail` decides a submit's fate."""
+
+    def __init__(self, mock: respx.MockRouter, base: str, name: str) -> None:
+        self.submits = 0
+        self.accepted = 0
+        self.fail: Any = None  # callable(request) -> httpx.Response | Exception | None
+        self.base = base
+        self.name = name
+        mock.post(f"{base}/v1/flux-kontext-pro").mock(side_effect=self._submit)
+        mock.get(f"{base}/v1/get_result").mock(side_effect=self._poll)
+        mock.get(url__startswith=f"https://delivery.{name}.bfl.test/").mock(
+            return_value=httpx.Response(200, content=PNG, headers={"content-type": "image/png"}))
+
+    def _submit(self, request: httpx.Request) -> httpx.Response:
+        self.submits += 1
+        if self.fail is not None:
+            outcome = self.fail(request)
+            if isinstance(outcome, Exception):
+                raise outcome
+            if outcome is not None:
+                return outcome
+        self.accepted += 1
+        task = f"{self.name}-{self.accepted}"
+        return httpx.Response(200, json={"id": task,
+                                         "polling_url": f"{self.base}/v1/get_result?id={task}"})
+
+    def _poll(self, request: httpx.Request) -> httpx.Response:
+        task = request.url.params["id"]
+        return httpx.Response(200, json={
+            "id": task, "status": "Ready",
+            "result": {"sample": f"https://delivery.{self.name}.bfl.test/{task}.png"}})
+
+
+@pytest.fixture
+def upstreams(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("A_KEY", "key-a")
+    monkeypatch.setenv("B_KEY", "key-b")
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        yield FakeBfl(mock, A, "a"), FakeBfl(mock, B, "b")
+
+
+def start(gateway_factory: Any, **a_extra: Any) -> Gateway:
+    gw: Gateway = gateway_factory(channels=channels(**a_extra),
+                                  jobs={"poll_initial": 0.01, "poll_max": 0.05})
+    return gw
+
+
+def generate(gw: Gateway, key: str) -> httpx.Response:
+    return httpx.post(f"{gw.base_url}/v1/images/generations",
+                      headers={"authorization": f"Bearer {key}"},
+                      json={"model": "flux-kontext-pro", "prompt": "a fox",
+                            "response_format": "url"}, timeout=60)
+
+
+def test_refused_submit_fails_over(gateway_factory: Any, upstreams: Any) -> None:
+    a, b = upstreams
+    a.fail = lambda _r: httpx.Response(503, json={"detail": "overloaded"})
+    b.fail = lambda _r: httpx.Response(503, json={"detail": "overloaded"})
+    gw = start(gateway_factory)
+    _, key = gw.create_key(balance=1_000_000)
+    assert generate(gw, key).status_code == 503  # both refused: nothing accepted
+    b.fail = None
+    for _ in range(6):
+        assert generate(gw, key).status_code == 200
+    assert b.accepted == 6 and a.accepted == 0
+
+
+def test_no_resubmit_after_ambiguous_submit(gateway_factory: Any, upstreams: Any) -> None:
+    a, b = upstreams
+    a.fail = lambda r: httpx.ReadTimeout("no answer", request=r)
+    b.fail = lambda r: httpx.ReadTimeout("no answer", request=r)
+    gw = start(gateway_factory)
+    key_id, key = gw.create_key(balance=1_000_000)
+    resp = generate(gw, key)
+    assert resp.status_code == 502, resp.text
+    assert resp.json()["error"]["code"] == "upstream_ambiguous"
+    assert a.submits + b.submits == 1  # never re-sent to the other channel
+
+    async def rows() -> list[tuple[str, int]]:
+        async with gw.services.sessions() as s:
+            found = (await s.execute(select(LedgerRow).where(LedgerRow.key_id == key_id)
+                                     .order_by(LedgerRow.id))).scalars()
+            return [(r.kind, r.amount) for r in found]
+
+    assert gw.call(rows()) == [("topup", 1_000_000), ("reserve", -40_000), ("release", 40_000)]
+
+
+def test_payment_required_disables_the_channel_with_a_reason(gateway_factory: Any,
+                                                             upstreams: Any) -> None:
+    a, _b = upstreams
+    a.fail = lambda _r: httpx.Response(402, json={"detail": "Insufficient credits"})
+    gw = start(gateway_factory)
+    _, key = gw.create_key()
+    for _ in range(8):
+        assert generate(gw, key).status_code == 200
+    assert a.submits == 1  # disabled after its first 402
+    health = httpx.get(f"{gw.base_url}/healthz").json()
+    chan = next(c for c in health["channels"] if c["name"] == "A")
+    assert chan["disabled"] and "credit" in chan["disabled"].lower()
+
+
+def test_partial_outage_keeps_success_and_amplification_low(gateway_factory: Any,
+                                                            upstreams: Any) -> None:
+    """A answers 503 to 30% of submits, B is healthy: >= 99.5% of 1,000 jobs succeed with at
+    most 1.2 upstream submits per job."""
+    a, b = upstreams
+    rng = random.Random(1234)
+    a.fail = lambda _r: httpx.Response(503, json={"detail": "busy"}) if rng.random() < 0.3 \
+        else None
+    gw = start(gateway_factory, breaker_threshold=50)
+    key_id, _ = gw.create_key()
+
+    async def run() -> list[JobRow]:
+        jobs = gw.services.jobs
+        specs = [JobSpec(key_id=key_id, model="flux-kontext-pro", prompt=f"fox {i}", seed=i)
+                 for i in range(1000)]
+        rows = await jobs.create(specs)
+        return await jobs.wait([r.id for r in rows], within=240)
+
+    rows = gw.call(run())
+    status = Counter(r.status for r in rows)
+    assert status["succeeded"] >= 995, status
+    submits = a.submits + b.submits
+    assert submits / len(rows) <= 1.2, (a.submits, b.submits)
+    assert a.accepted + b.accepted == status["succeeded"]  # <= 1 accepted upstream job per job
