@@ -5,8 +5,9 @@ the conversation) are edited; see `gateway.api.chat_input`. The answer's content
 image with the gateway's own signed file URL (never a data URL: chat shells blank them, and
 large SSE lines break proxies) and the message also carries OpenRouter-style `images`.
 
-Everything that can be refused (key, model, input, balance) is checked and the job is placed
-before an answer starts, so such errors are ordinary JSON errors with their status. With
+Everything that can be refused (key, rate limit, model, input, balance, jobs-in-flight cap) is
+checked and the job is placed before an answer starts, so such errors are ordinary JSON errors
+with their status. With
 `stream: true` the answer is always `text/event-stream`: the role chunk at once, `: ping`
 comments every `chat.keepalive` seconds while the job runs, the image, a `finish_reason:
 "stop"` chunk, the usage chunk when `stream_options.include_usage` is set, and `data: [DONE]`;
@@ -28,13 +29,14 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from billing.errors import BillingError
 from gateway.api.chat_input import ChatInput, chat_input
-from gateway.api.deps import Principal, PrincipalDep, Services, ServicesDep
+from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
 from gateway.api.errors import stream_error_event
+from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
 from gateway.api.schemas import (
     ChatCompletion,
@@ -51,7 +53,7 @@ from gateway.api.schemas import (
 from gateway.errors import GatewayError, InvalidRequest, NotFound, Timeout
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
-from gateway.jobs.orders import Order
+from gateway.jobs.orders import Order, OrderDesk
 from gateway.jobs.service import job_error
 from gateway.jobs.tables import JobRow
 from gateway.models import resolve_model
@@ -196,9 +198,22 @@ async def events(services: Services, reply: Reply, job_id: str, prompt: str,
 
 
 @router.post("/v1/chat/completions")
-async def create_chat_completion(body: ChatCompletionRequest, principal: PrincipalDep,
-                                 services: ServicesDep, desk: DeskDep) -> Response:
-    """Generate or edit one image from a conversation (see the module docstring)."""
+async def create_chat_completion(request: Request, body: ChatCompletionRequest,
+                                 principal: LimitedPrincipalDep, services: ServicesDep,
+                                 desk: DeskDep) -> Response:
+    """Generate or edit one image from a conversation (see the module docstring). Counts
+    against the key's rate limit and jobs-in-flight cap; `Idempotency-Key` is honoured for
+    `stream: false` (a stream cannot be replayed, so streams ignore it)."""
+    if body.stream:
+        return await _stream(request, Gate(services, principal), body, principal, services,
+                             desk)
+    return await idempotent(request, principal, services,
+                            lambda gate: _complete(gate, body, principal, services, desk))
+
+
+async def _place(gate: Gate, body: ChatCompletionRequest, principal: Principal,
+                 services: Services, desk: OrderDesk) -> tuple[Reply, ChatInput, JobRow]:
+    """Validate the request and create its job; raises before anything is charged."""
     requested = (body.model or "").removesuffix(":image")  # LobeChat's image-chat model ids
     model = resolve_model(requested or None)
     principal.check_model(model)
@@ -213,13 +228,24 @@ async def create_chat_completion(body: ChatCompletionRequest, principal: Princip
                                             param="prompt_upsampling"),
         surface="openai.chat")
     await attach_images(services, principal, wanted, order)
-    [row] = await desk.place(customer_of(principal), order)
+    [row] = await gate.place(desk, customer_of(principal), order)
     reply = Reply(id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()),
                   model=body.model or model)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(events(services, reply, row.id, wanted.prompt, include_usage),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+    return reply, wanted, row
+
+
+async def _stream(request: Request, gate: Gate, body: ChatCompletionRequest,
+                  principal: Principal, services: Services, desk: OrderDesk) -> Response:
+    reply, wanted, row = await _place(gate, body, principal, services, desk)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    headers = {**SSE_HEADERS, **(getattr(request.state, "rate_headers", None) or {})}
+    return StreamingResponse(events(services, reply, row.id, wanted.prompt, include_usage),
+                             media_type="text/event-stream", headers=headers)
+
+
+async def _complete(gate: Gate, body: ChatCompletionRequest, principal: Principal,
+                    services: Services, desk: OrderDesk) -> Response:
+    reply, wanted, row = await _place(gate, body, principal, services, desk)
     [row] = await services.jobs.wait([row.id])
     images = result_images(services, finished(row))
     completion = ChatCompletion(

@@ -417,6 +417,37 @@ def test_disconnect_mid_stream_keeps_the_job_and_bills_once(gateway: Gateway) ->
     balance, rows = money_of(gateway, key_id)
     assert rows == [("topup", 1_000_000), ("reserve", -40_000), ("settle", 0)]
     assert balance == 960_000
+    report = httpx.get(f"{gateway.base_url}/v1/usage",
+                       headers={"authorization": f"Bearer {key}"}).json()
+    assert report["totals"]["jobs"] == report["totals"]["succeeded"] == 1
+    assert report["totals"]["spend"] == 40_000 and report["balance"] == 960_000
+
+
+def test_jobs_in_flight_cap_refuses_before_the_stream(gateway: Gateway) -> None:
+    _, key = gateway.create_key(max_concurrency=1)
+    body = {"model": MODEL, "stream": True,
+            "messages": [{"role": "user", "content": "a fox sandbox:latency=2"}]}
+    with httpx.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body,
+                      headers={"authorization": f"Bearer {key}"}, timeout=30) as first:
+        assert first.status_code == 200
+        second = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body,
+                            headers={"authorization": f"Bearer {key}"}, timeout=30)
+        assert second.status_code == 429
+        assert second.headers["content-type"] == "application/json"
+        assert [line for line in first.iter_lines() if line][-1] == "data: [DONE]"
+
+
+def test_idempotency_key_replays_a_non_streamed_answer(gateway: Gateway) -> None:
+    key_id, key = gateway.create_key(balance=1_000_000)
+    headers = {"authorization": f"Bearer {key}", "idempotency-key": "chat-1"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "a fox"}]}
+    first = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers,
+                       timeout=30)
+    again = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers,
+                       timeout=30)
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
+    assert len(jobs_of(gateway, key_id)) == 1
 
 
 # -- models and CORS -------------------------------------------------------------------------
