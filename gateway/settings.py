@@ -100,6 +100,15 @@ DEFAULT_PRICES_USD: dict[str, float | dict[str, float]] = {
     "flux-kontext-pro": 0.04, "flux-kontext-max": 0.08, "flux-kontext-dev": 0.025}
 
 
+class ChatSettings(BaseModel):
+    """How `POST /v1/chat/completions` streams (seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keepalive: float = Field(default=5.0, gt=0, le=60)  # `: ping` comment while a job runs
+    progress: bool = False  # short progress lines in the answer (they stay in chat history)
+
+
 class BillingSettings(BaseModel):
     """Currency and prices (USD per image unless `currency` says otherwise)."""
 
@@ -142,6 +151,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
 
     @field_validator("public_base_url")
     @classmethod

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -70,14 +71,30 @@ def status_for(exc: Exception) -> tuple[int, str]:
     return 500, "server_error"
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """The HTTP answer for a gateway or billing error."""
+def error_body(exc: Exception) -> dict[str, Any]:
+    """The OpenAI error envelope for a gateway or billing error; any other exception is
+    described as a generic server error (its text is not shown to clients)."""
     status, type_ = status_for(exc)
+    if status == 500 and not isinstance(exc, ge.GatewayError | BillingError):
+        return envelope("The server had an error while processing your request.",
+                        "server_error", None, "internal_error")
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     param = getattr(exc, "param", None)
     code = getattr(exc, "code", None)
     if code is None:
         code = next((CODES[c] for c in type(exc).__mro__ if c in CODES), None)
+    return envelope(message, type_, param, code)
+
+
+def stream_error_event(exc: Exception) -> str:
+    """An error after an SSE stream has started: `data: {"error": {...}}` (the openai SDKs
+    raise APIError with its message)."""
+    return f"data: {json.dumps(error_body(exc))}\n\n"
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The HTTP answer for a gateway or billing error."""
+    status, _ = status_for(exc)
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
@@ -86,8 +103,7 @@ def error_response(exc: Exception) -> JSONResponse:
         headers[name.lower()] = value
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
     headers["x-should-retry"] = "true" if retryable else "false"
-    return JSONResponse(envelope(message, type_, param, code), status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(exc), status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:

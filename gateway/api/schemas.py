@@ -7,9 +7,15 @@ strings; `gateway.jobs.intake` parses them with clear errors.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 Loose = int | float | str | bool | None
 
@@ -63,6 +69,124 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: str = "list"
     data: list[ModelCard]
+
+
+# -- chat completions ------------------------------------------------------------------------
+class ChatMessage(BaseModel):
+    """One message of a chat request. `content` is a string or a list of content parts
+    (`text`, `image_url`, ...), kept as sent and read by `gateway.api.chat_input`. Assistant
+    messages may carry OpenRouter-style `images` (kept as an extra field)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. Sampling fields (`temperature`, `top_p`, penalties,
+    `max_tokens`, ...) are accepted and ignored; Kontext fields may come at the top level."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: Loose = None
+    user: str | None = None
+    temperature: Loose = None
+    top_p: Loose = None
+    presence_penalty: Loose = None
+    frequency_penalty: Loose = None
+    max_tokens: Loose = None
+    max_completion_tokens: Loose = None
+    size: str | None = None
+    aspect_ratio: str | None = None
+    seed: Loose = None
+    output_format: str | None = None
+    safety_tolerance: Loose = None
+    prompt_upsampling: Loose = None
+
+
+class ImageURL(BaseModel):
+    url: str
+
+
+class ChatCompletionContentPartImage(BaseModel):
+    """`{"type": "image_url", "image_url": {"url": ...}}`: an image in a message (OpenRouter's
+    `message.images` / `delta.images` use the same shape)."""
+
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURL
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    images: list[ChatCompletionContentPartImage] | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChatCompletionMessage
+    finish_reason: Literal["stop", "length", "content_filter"] = "stop"
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+
+
+class ChoiceDelta(BaseModel):
+    """A streamed piece of the assistant message; unset fields are left out of the JSON."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    images: list[ChatCompletionContentPartImage] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class ChunkChoice(BaseModel):
+    """A choice of a `chat.completion.chunk` (the SDK's `chat_completion_chunk.Choice`)."""
+
+    index: int = 0
+    delta: ChoiceDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None
 
 
 def drop_none(data: dict[str, Any]) -> dict[str, Any]:
