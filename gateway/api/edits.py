@@ -18,6 +18,7 @@ The default aspect ratio is the first input's own (`match_input_image`); inputs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import AsyncGenerator
@@ -25,13 +26,14 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from adapters.buckets import MAX_RATIO, MIN_RATIO
-from gateway.api.deps import PrincipalDep, ServicesDep
+from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
+from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of, images_response, parse_response_format
 from gateway.api.schemas import ImageEditRequest, ImageRef
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
@@ -200,11 +202,30 @@ async def _resolve(fetcher: ImageFetcher, value: bytes | str, param: str) -> byt
     return value if isinstance(value, bytes) else await fetcher.load(value, param=param)
 
 
+def canonical_form(form: EditForm) -> dict[str, object]:
+    """What identifies an edit request for `Idempotency-Key`: its fields and the digests of its
+    images (a multipart boundary changes between retries; the content does not)."""
+
+    def digest(value: bytes | str) -> str:
+        return hashlib.sha256(value if isinstance(value, bytes) else value.encode()).hexdigest()
+
+    return {"fields": form.body.model_dump(mode="json", exclude_none=True),
+            "images": [digest(v) for v in form.images],
+            "mask": digest(form.mask) if form.mask is not None else None}
+
+
 @router.post("/v1/images/edits")
-async def create_edit(request: Request, principal: PrincipalDep, services: ServicesDep,
-                      desk: DeskDep) -> JSONResponse:
+async def create_edit(request: Request, principal: LimitedPrincipalDep, services: ServicesDep,
+                      desk: DeskDep) -> Response:
     """Edit the input image(s) as `prompt` says, `n` times, and wait for the results."""
     form = await read_edit_request(request, services.settings.limits, desk)
+    return await idempotent(request, principal, services,
+                            lambda gate: _create_edit(gate, form, principal, services, desk),
+                            canonical=canonical_form(form))
+
+
+async def _create_edit(gate: Gate, form: EditForm, principal: Principal, services: Services,
+                       desk: OrderDesk) -> JSONResponse:
     body = form.body
     model = resolve_model(body.model)
     principal.check_model(model)
@@ -240,6 +261,6 @@ async def create_edit(request: Request, principal: PrincipalDep, services: Servi
         order.image_blobs.append((param, await _resolve(services.fetcher, value, param)))
     if form.mask is not None:
         order.mask = await _resolve(services.fetcher, form.mask, "mask")
-    rows = await desk.place(customer_of(principal), order)
+    rows = await gate.place(desk, customer_of(principal), order)
     rows = await services.jobs.wait([r.id for r in rows])
     return JSONResponse(await images_response(services, rows, response_format))

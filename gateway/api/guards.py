@@ -79,17 +79,19 @@ def _with_rate_headers(request: Request, response: Response) -> Response:
 
 
 async def idempotent(request: Request, principal: Principal, services: Services,
-                     work: Callable[[Gate], Awaitable[Response]]) -> Response:
+                     work: Callable[[Gate], Awaitable[Response]], *,
+                     canonical: dict[str, object] | None = None) -> Response:
     """Run `work` once per `Idempotency-Key` (when the header is sent): a duplicate of a
     finished request replays its answer byte for byte, one of a running request gets 409,
-    the same key with a different body 422. Without the header, `work` simply runs."""
+    the same key with a different body 422. Without the header, `work` simply runs.
+    `canonical` replaces the raw body as what identifies the request (multipart bodies)."""
     gate = Gate(services, principal)
     idem_key = request.headers.get("idempotency-key")
     if idem_key is None:
         return _with_rate_headers(request, await work(gate))
     idempotency.check_key(idem_key)
-    fp = idempotency.fingerprint(request.method, request.url.path,
-                                 _canonical_body(await request.body()))
+    body = canonical if canonical is not None else _canonical_body(await request.body())
+    fp = idempotency.fingerprint(request.method, request.url.path, body)
     async with services.sessions.begin() as session:
         claim = await idempotency.claim(session, principal.key_id, idem_key, fp)
     if claim.state is ClaimState.REPLAY:

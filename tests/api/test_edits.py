@@ -460,3 +460,20 @@ def test_multipart_text_image_part_is_a_url(gateway: Gateway, api_key: str,
     image = Image.open(io.BytesIO(base64.b64decode(resp.json()["data"][0]["b64_json"])))
     assert image.convert("RGB").getpixel((300, 512)) == INVERTED_RED
     assert image_server.hits == ["r.png"]
+
+
+def test_idempotency_key_on_edits(gateway: Gateway, api_key: str) -> None:
+    """A retried edit (the SDK builds a new multipart body, new boundary) with the same
+    Idempotency-Key replays the first answer without a second job; another image is a 422."""
+    c = client(gateway, api_key)
+    image = png_bytes((64, 64), RED)
+    kwargs: dict[str, Any] = {"model": "flux-kontext-pro", "prompt": "night",
+                              "response_format": "b64_json",
+                              "extra_headers": {"Idempotency-Key": "edit-1"}}
+    first = c.images.edit(image=("a.png", image, "image/png"), **kwargs)
+    again = c.images.edit(image=("b.png", image, "image/png"), **kwargs)
+    assert first.data[0].b64_json == again.data[0].b64_json
+    assert len(jobs(gateway)) == 1 and submitted(gateway) == 1
+    with pytest.raises(openai.UnprocessableEntityError):
+        c.images.edit(image=("a.png", png_bytes((64, 64), BLUE), "image/png"), **kwargs)
+    assert len(jobs(gateway)) == 1
