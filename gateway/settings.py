@@ -82,6 +82,8 @@ class JobSettings(BaseModel):
     submit_timeout: float = Field(default=30.0, gt=0)
     download_timeout: float = Field(default=30.0, gt=0)
     sync_wait: float = Field(default=600.0, gt=0)  # how long a synchronous call waits
+    submit_rounds: int = Field(default=3, ge=1, le=10)  # offers to every channel when throttled
+    submit_backoff_max: float = Field(default=30.0, gt=0)  # longest wait between rounds
 
 
 class LimitSettings(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Sequence
@@ -84,9 +85,12 @@ def job_error(row: JobRow) -> GatewayError:
 
 
 @dataclass(frozen=True, slots=True)
-class Quote:
-    price_each: int
-    total: int
+class _Attempt:
+    """How offering a job to one channel ended."""
+
+    done: bool = False  # the job reached its end (accepted and followed, or failed for good)
+    error: str | None = None
+    retry_after: float | None = None  # the channel is throttling: worth another round
 
 
 class JobService:
@@ -305,61 +309,87 @@ class JobService:
             extra=dict(spec.extra))
 
     async def _submit(self, row: JobRow, spec: JobSpec, inputs: list[InputImage]) -> None:
-        channels = self._channels_for(spec, len(inputs))
-        if not channels:
-            await self._fail(row.id, "no_channel",
-                             f"No upstream channel can serve {spec.model} right now.")
-            return
-        last_error = "every channel refused the job"
-        attempts = row.attempts
+        """Offer the job to the channels in routing order until one accepts it. When every
+        channel refused it and at least one only asked us to slow down (429 with
+        Retry-After), wait and offer it again, at most `submit_rounds` times."""
         stitched: list[InputImage] = []
-        for channel in channels:
-            sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
-            await channel.acquire(spec.model)
-            try:
-                attempts += 1
-                logcontext.channel.set(channel.name)
-                req = self._request_for(sent_spec, channel, sent)
-                await self._update(row.id, stage=Stage.ROUTED, channel=channel.name,
-                                   upstream_model=req.model, attempts=attempts,
-                                   status=JobStatus.RUNNING.value)
-                started = time.monotonic()
-                try:
-                    with anyio.fail_after(self.settings.submit_timeout):
-                        upstream = await channel.adapter.submit(req)
-                except UpstreamAuthError as exc:
-                    channel.disable(f"{exc.status or ''} {exc.message}".strip())
-                    last_error = exc.message
-                    continue
-                except UpstreamRejected as exc:
-                    if exc.code == "unsupported_request":  # this channel can't; another may
-                        last_error = exc.message
-                        continue
-                    if not exc.retryable:
-                        channel.breaker.success()  # the upstream works; the request is bad
-                        code = exc.code if exc.code == "content_policy_violation" \
-                            else "invalid_request"
-                        await self._fail(row.id, code, exc.message)
-                        return
-                    channel.breaker.failure()
-                    last_error = exc.message
-                    continue
-                except (UpstreamAmbiguous, TimeoutError) as exc:
-                    channel.breaker.failure()
-                    await self._fail(row.id, "upstream_ambiguous",
-                                     "The upstream did not answer the submit in time; the job "
-                                     f"was not re-sent and not charged ({exc}).")
+        last_error = "every channel refused the job"
+        deadline = _aware(row.deadline_at) or _now() + timedelta(seconds=self.settings.deadline)
+        for round_no in range(self.settings.submit_rounds):
+            channels = self._channels_for(spec, len(inputs))
+            if not channels:
+                if round_no == 0:
+                    await self._fail(row.id, "no_channel",
+                                     f"No upstream channel can serve {spec.model} right now.")
                     return
-                channel.breaker.success()
-                await self._update(row.id, stage=Stage.SUBMITTED, upstream_id=upstream.id,
-                                   poll_url=upstream.poll_url,
-                                   upstream_handle=dict(upstream.handle), submitted_at=_now())
-                await self._follow(row, spec, channel, upstream, started=started)
-                return
-            finally:
-                channel.release(spec.model)
+                break
+            throttled: float | None = None
+            for channel in channels:
+                attempt = await self._try_channel(row, spec, channel, inputs, stitched)
+                if attempt.done:
+                    return
+                last_error = attempt.error or last_error
+                if attempt.retry_after is not None:
+                    throttled = max(throttled or 0.0, attempt.retry_after)
+            remaining = (deadline - _now()).total_seconds()
+            if throttled is None or round_no + 1 >= self.settings.submit_rounds:
+                break
+            wait = min(throttled * random.uniform(1.0, 1.2), self.settings.submit_backoff_max,
+                       remaining - 1)
+            if wait <= 0:
+                break
+            log.info("job %s: every channel is throttling; retrying in %.1f s", row.id, wait)
+            await asyncio.sleep(wait)
         await self._fail(row.id, "upstream_unavailable",
                          f"No upstream could take the job: {last_error}")
+
+    async def _try_channel(self, row: JobRow, spec: JobSpec, channel: Channel,
+                           inputs: list[InputImage], stitched: list[InputImage]) -> _Attempt:
+        """Submit to one channel and, once accepted, follow the job to its end (done=True).
+        Refusals that another channel (or a later round) may not meet answer done=False."""
+        sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
+        await channel.acquire(spec.model)
+        try:
+            row.attempts += 1
+            logcontext.channel.set(channel.name)
+            req = self._request_for(sent_spec, channel, sent)
+            await self._update(row.id, stage=Stage.ROUTED, channel=channel.name,
+                               upstream_model=req.model, attempts=row.attempts,
+                               status=JobStatus.RUNNING.value)
+            started = time.monotonic()
+            try:
+                with anyio.fail_after(self.settings.submit_timeout):
+                    upstream = await channel.adapter.submit(req)
+            except UpstreamAuthError as exc:
+                channel.disable(f"{exc.status or ''} {exc.message}".strip())
+                return _Attempt(error=exc.message)
+            except UpstreamRejected as exc:
+                if exc.code == "unsupported_request":  # this channel can't; another may
+                    return _Attempt(error=exc.message)
+                if not exc.retryable:
+                    channel.breaker.success()  # the upstream works; the request is bad
+                    code = exc.code if exc.code == "content_policy_violation" \
+                        else "invalid_request"
+                    await self._fail(row.id, code, exc.message)
+                    return _Attempt(done=True)
+                if exc.status == 429:  # overloaded, not broken: back off, keep the breaker
+                    return _Attempt(error=exc.message, retry_after=exc.retry_after or 1.0)
+                channel.breaker.failure()
+                return _Attempt(error=exc.message)
+            except (UpstreamAmbiguous, TimeoutError) as exc:
+                channel.breaker.failure()
+                await self._fail(row.id, "upstream_ambiguous",
+                                 "The upstream did not answer the submit in time; the job "
+                                 f"was not re-sent and not charged ({exc}).")
+                return _Attempt(done=True)
+            channel.breaker.success()
+            await self._update(row.id, stage=Stage.SUBMITTED, upstream_id=upstream.id,
+                               poll_url=upstream.poll_url,
+                               upstream_handle=dict(upstream.handle), submitted_at=_now())
+            await self._follow(row, spec, channel, upstream, started=started)
+            return _Attempt(done=True)
+        finally:
+            channel.release(spec.model)
 
     async def _follow(self, row: JobRow, spec: JobSpec, channel: Channel,
                       upstream: UpstreamJob, started: float | None = None) -> None:

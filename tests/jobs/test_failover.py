@@ -168,3 +168,29 @@ def test_partial_outage_keeps_success_and_amplification_low(gateway_factory: Any
     submits = a.submits + b.submits
     assert submits / len(rows) <= 1.2, (a.submits, b.submits)
     assert a.accepted + b.accepted == status["succeeded"]  # <= 1 accepted upstream job per job
+
+
+def test_throttled_submit_backs_off_and_retries(gateway_factory: Any, upstreams: Any) -> None:
+    """429 with Retry-After from the only channels: wait and offer the job again (bounded),
+    without opening the breaker; a channel that keeps throttling ends in a 503."""
+    a, _b = upstreams
+    throttle = {"left": 2}
+
+    def busy(_r: httpx.Request) -> httpx.Response | None:
+        if throttle["left"] > 0:
+            throttle["left"] -= 1
+            return httpx.Response(429, headers={"retry-after": "1"},
+                                  json={"detail": "too many active tasks"})
+        return None
+
+    a.fail = busy
+    gw: Gateway = gateway_factory(channels=channels()[:1],
+                                  jobs={"poll_initial": 0.01, "submit_rounds": 3})
+    _, key = gw.create_key()
+    assert generate(gw, key).status_code == 200
+    assert a.submits == 3 and a.accepted == 1
+    assert gw.services.router.get("A").breaker.state == "closed"  # type: ignore[union-attr]
+    throttle["left"] = 10
+    resp = generate(gw, key)
+    assert resp.status_code == 503, resp.text
+    assert a.submits == 6  # three rounds, then a clear error
