@@ -3,6 +3,7 @@ adapters, billing and the job service, and mounts every API module."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,6 +70,8 @@ async def build_services(settings: Settings) -> Services:
 
 async def close_services(services: Services) -> None:
     await services.jobs.close()
+    if services.pending_writes:  # e.g. the stored answer of a request cut off by shutdown
+        await asyncio.gather(*services.pending_writes, return_exceptions=True)
     await services.fetcher.aclose()
     await services.http.aclose()
     await services.engine.dispose()

@@ -38,6 +38,8 @@ class Services:
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # admission per key
+    #: writes that must land before shutdown closes the database (see api/guards.py)
+    pending_writes: set[asyncio.Future[None]] = field(default_factory=set)
 
 
 def get_services(request: Request) -> Services:

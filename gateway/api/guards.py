@@ -22,6 +22,7 @@ from billing.idempotency import ClaimState
 from billing.usage import in_flight_jobs
 from gateway.api.deps import Principal, Services
 from gateway.api.errors import error_response
+from gateway.errors import Timeout
 from gateway.jobs.orders import Customer, Order, OrderDesk
 from gateway.jobs.tables import JobRow
 
@@ -112,17 +113,30 @@ async def idempotent(request: Request, principal: Principal, services: Services,
             await _abandon(services, principal.key_id, idem_key)
             raise
         response = error_response(exc)
-    except BaseException:
+    except BaseException:  # cancelled (shutdown, disconnect)
         if not gate.started:
             await asyncio.shield(_abandon(services, principal.key_id, idem_key))
+        else:  # the jobs run on: store the answer a long wait gets, never leave it in_progress
+            cut_off = error_response(Timeout(
+                "The request was interrupted before the image was ready; it keeps running "
+                "and will be stored.", code="timeout"))
+            task = asyncio.ensure_future(
+                _complete(services, principal.key_id, idem_key, gate, cut_off))
+            services.pending_writes.add(task)  # shutdown waits for it before closing the DB
+            task.add_done_callback(services.pending_writes.discard)
+            await asyncio.shield(task)
         raise
+    await _complete(services, principal.key_id, idem_key, gate, response)
+    return _with_rate_headers(request, response)
+
+
+async def _complete(services: Services, key_id: str, idem_key: str, gate: Gate,
+                    response: Response) -> None:
     headers = {k: response.headers[k] for k in STORED_HEADERS if k in response.headers}
     async with services.sessions.begin() as session:
-        await idempotency.complete(session, principal.key_id, idem_key,
-                                   status_code=response.status_code, body=bytes(response.body),
-                                   headers=headers,
+        await idempotency.complete(session, key_id, idem_key, status_code=response.status_code,
+                                   body=bytes(response.body), headers=headers,
                                    job_id=gate.job_ids[0] if gate.job_ids else None)
-    return _with_rate_headers(request, response)
 
 
 async def _abandon(services: Services, key_id: str, idem_key: str) -> None:

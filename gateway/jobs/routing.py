@@ -7,8 +7,9 @@ replacement, so every usable channel appears once, as a failover order).
 Circuit breaker (per channel): opens after `breaker_threshold` (5) consecutive failures; stays
 open `breaker_cooldown` (30 s); then half-open, letting exactly ONE probe call through: its
 success closes the breaker, its failure re-opens it for another cooldown. `candidates()` claims
-the probe when it lists a half-open channel; a probe claimed but never reported (the job went
-to an earlier channel) is released after `probe_timeout` (4 cooldowns).
+the probe when it lists a half-open channel (the job service lists with `claim=False` and
+claims right before the call, giving back a probe that never reported); a probe claimed but
+never reported is otherwise released after `probe_timeout` (4 cooldowns).
 
 Concurrency: each channel caps its in-flight jobs (`max_concurrency`; BFL defaults to 24) and,
 optionally, per model (`model_concurrency`; BFL defaults to 6 for flux-kontext-max). Callers
@@ -85,6 +86,19 @@ class CircuitBreaker:
             self._probe_since = now
             return True
         return False
+
+    def available(self) -> bool:
+        """Would `allow()` let a call through now? (Peeks; claims nothing.)"""
+        state = self.state
+        if state != "half_open":
+            return state == "closed"
+        return self._probe_since is None or self._clock() - self._probe_since >= self.probe_timeout
+
+    def abandon_probe(self) -> None:
+        """Give back a claimed probe whose call never reported success or failure (the
+        attempt ended for another reason), so the next caller may probe at once."""
+        if self.state == "half_open":
+            self._probe_since = None
 
     def success(self) -> None:
         self.failures = 0
@@ -218,12 +232,13 @@ class Router:
         return list(seen)
 
     def candidates(self, model: str, kinds: set[str] | None = None, *,
-                   input_images: int = 0) -> list[Channel]:
+                   input_images: int = 0, claim: bool = True) -> list[Channel]:
         """Channels able to take `model` now, in the order to try them.
 
         Skips disabled channels, channels whose adapter takes fewer than `input_images`
         images, and channels whose breaker refuses; listing a half-open channel claims its
-        single probe.
+        single probe, unless `claim=False`: then the caller claims it with `breaker.allow()`
+        right before calling that channel (and `abandon_probe()`s it when it never reports).
         """
         usable = [c for c in self.channels
                   if c.serves(model) and c.disabled_reason is None
@@ -237,6 +252,8 @@ class Router:
                 pick = tier[0] if sum(weights) == 0 else self._rng.choices(tier, weights)[0]
                 ordered.append(pick)
                 tier.remove(pick)
+        if not claim:
+            return [c for c in ordered if c.breaker.available()]
         return [c for c in ordered if c.breaker.allow()]
 
 

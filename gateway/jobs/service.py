@@ -23,10 +23,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import (
+    AdapterError,
     InputImage,
     UpstreamAmbiguous,
     UpstreamAuthError,
     UpstreamJob,
+    UpstreamOutput,
     UpstreamRejected,
     UpstreamRequest,
     UpstreamState,
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 
 TERMINAL = [s.value for s in JobStatus if s.terminal]
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+_CANCEL_TIMEOUT = 15.0  # seconds for a best-effort upstream cancel
+_DOWNLOAD_ATTEMPTS = 3  # a result download is a safe GET: retried on transient failures
 _STITCH_MAX_PIXELS = 4_000_000  # Kontext works at ~1 MP; keeps the merged upload small
 
 #: job error code -> the gateway error a synchronous caller receives
@@ -237,6 +241,12 @@ class JobService:
             await self._fail(job_id, "upstream_ambiguous", "The job was interrupted while it "
                              "was being submitted; it was not charged.")
             return
+        deadline = _aware(row.deadline_at)
+        if deadline is not None and deadline <= _now():
+            # found after its deadline (e.g. resumed after a long stop): never sent upstream
+            await self._fail(job_id, "timeout", "The job's deadline passed before it could be "
+                             "sent to an upstream; it was not charged.")
+            return
         inputs = await self._load_inputs(spec)
         await self._submit(row, spec, inputs)
 
@@ -254,7 +264,7 @@ class JobService:
         if spec.key_mode == "test":
             test = self.router.test_channel
             return [test] if test is not None else []
-        channels = self.router.candidates(spec.model)
+        channels = self.router.candidates(spec.model, claim=False)  # claimed when tried
         return sorted(channels, key=lambda c: c.adapter.capabilities.max_input_images < inputs)
 
     async def _fit_inputs(self, row: JobRow, spec: JobSpec, channel: Channel,
@@ -349,6 +359,10 @@ class JobService:
         Refusals that another channel (or a later round) may not meet answer done=False."""
         sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
         await channel.acquire(spec.model)
+        probing = channel.breaker.state == "half_open"
+        if not channel.breaker.allow():  # opened, or its one probe was taken, meanwhile
+            channel.release(spec.model)
+            return _Attempt(error=f"channel {channel.name} is failing; its breaker is open")
         try:
             row.attempts += 1
             logcontext.channel.set(channel.name)
@@ -389,6 +403,8 @@ class JobService:
             await self._follow(row, spec, channel, upstream, started=started)
             return _Attempt(done=True)
         finally:
+            if probing:  # a probe that ended without success() or failure() is given back
+                channel.breaker.abandon_probe()
             channel.release(spec.model)
 
     async def _follow(self, row: JobRow, spec: JobSpec, channel: Channel,
@@ -401,7 +417,7 @@ class JobService:
         while not upstream.state.terminal:
             remaining = (deadline - _now()).total_seconds()
             if remaining <= 0:
-                await channel.adapter.cancel(upstream)
+                await self._cancel_upstream(channel, upstream)
                 await self._fail(row.id, "timeout", "The upstream did not finish the image "
                                  f"within {self.settings.deadline:.0f} s.")
                 return
@@ -437,6 +453,15 @@ class JobService:
             await self._fail(row.id, "upstream_error",
                              upstream.error_message or "The upstream failed the job.")
 
+    async def _cancel_upstream(self, channel: Channel, upstream: UpstreamJob) -> None:
+        """Best effort: an upstream that cannot be reached to cancel does not change how the
+        job ends (it still times out and is released)."""
+        try:
+            with anyio.fail_after(_CANCEL_TIMEOUT):
+                await channel.adapter.cancel(upstream)
+        except (AdapterError, TimeoutError) as exc:
+            log.warning("cancel of upstream job %s failed: %s", upstream.id, exc)
+
     async def _apply_mask(self, spec: JobSpec, result: bytes) -> bytes:
         """The first input with the mask's area taken from `result` (scaled to the input's
         size), encoded as the requested output format. Raises InvalidRequest when the result
@@ -453,14 +478,30 @@ class JobService:
 
         return await anyio.to_thread.run_sync(work)
 
+    async def _download(self, channel: Channel, output: UpstreamOutput) -> bytes:
+        """The result's bytes within `download_timeout` in total. A download is a safe GET:
+        a transient failure (UpstreamUnavailable) is retried, at most `_DOWNLOAD_ATTEMPTS`
+        times with jittered backoff; an expired URL (UpstreamRejected) is not. Raises the
+        last error, or TimeoutError."""
+        with anyio.fail_after(self.settings.download_timeout):
+            for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
+                try:
+                    return await channel.adapter.download(output)
+                except UpstreamUnavailable as exc:
+                    if attempt == _DOWNLOAD_ATTEMPTS:
+                        raise
+                    log.warning("download attempt %d failed (%s); retrying", attempt,
+                                exc.message)
+                    await asyncio.sleep(random.uniform(0, 0.5 * 2 ** attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _store(self, row: JobRow, spec: JobSpec, channel: Channel,
                      upstream: UpstreamJob) -> None:
         outputs: list[JobOutput] = []
         try:
             for output in upstream.outputs:
-                with anyio.fail_after(self.settings.download_timeout):
-                    data = output.data if output.data is not None \
-                        else await channel.adapter.download(output)
+                data = output.data if output.data is not None \
+                    else await self._download(channel, output)
                 fmt = sniff(data)
                 if fmt is None:
                     raise UpstreamRejected("the upstream returned something that is not an image")

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app as cli_app
@@ -175,3 +176,50 @@ def test_cli_usage_agrees_with_http_and_ledger(bgw: Any) -> None:
     assert bgw.balance(key_id)[0] == balance + 2_500_000
     csv_out = runner.invoke(cli_app, ["usage", "--csv"], env=env)
     assert csv_out.output.startswith("job_id,key_id")
+
+
+def test_idempotency_key_of_a_request_cut_off_by_shutdown_is_not_stuck(tmp_path: Any) -> None:
+    """A request whose jobs exist but whose handler is cancelled (server shutdown) must not
+    leave its Idempotency-Key `in_progress`: that would answer 409 (which SDKs retry) to
+    every retry for 24 h. Its answer is stored as the timeout a long wait gets, and replayed;
+    the job itself is resumed and ends with its money released (the sandbox lost the task)."""
+    from tests.conftest import start_gateway
+
+    data = tmp_path / "data"
+    first = start_gateway(data)
+    key_id, key = first.create_key(balance=1_000_000)
+    headers = {"authorization": f"Bearer {key}", "Idempotency-Key": "cut-off"}
+    body = {**BODY, "prompt": "a red bicycle sandbox:latency=3"}
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{first.base_url}/v1/images/generations", json=body, headers=headers,
+                       timeout=0.5)
+    finally:
+        first.stop()
+    second = start_gateway(data)
+    try:
+        retry = httpx.post(f"{second.base_url}/v1/images/generations", json=body,
+                           headers=headers, timeout=30)
+        assert retry.status_code == 504, retry.text
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["error"]["code"] == "timeout"
+
+        async def settled() -> tuple[str, int, int]:
+            from sqlalchemy import select
+
+            from billing.ledger import ledger_sum
+            from billing.tables import ApiKeyRow
+            from gateway.jobs.tables import JobRow
+
+            async with second.services.sessions() as s:
+                job_id = (await s.execute(select(JobRow.id).where(JobRow.key_id == key_id))
+                          ).scalar_one()
+            [job] = await second.services.jobs.wait([job_id], within=20)
+            async with second.services.sessions() as s:
+                key_row = await s.get(ApiKeyRow, key_id)
+                assert key_row is not None
+                return job.status, key_row.balance, await ledger_sum(s, key_id)
+
+        assert second.call(settled()) == ("failed", 1_000_000, 1_000_000)
+    finally:
+        second.stop()
