@@ -421,13 +421,16 @@ class JobService:
                 await self._fail(row.id, "timeout", "The upstream did not finish the image "
                                  f"within {self.settings.deadline:.0f} s.")
                 return
+            # the upstream's hint wins (it may ask for less, or for more after a 429/503)
             wait = upstream.retry_after if upstream.retry_after is not None else interval
-            await asyncio.sleep(max(0.01, min(wait, interval, remaining)))
+            await asyncio.sleep(max(0.01, min(wait, remaining)))
             interval = min(interval * 1.5, self.settings.poll_max)
             try:
+                upstream.retry_after = None  # a hint holds for one poll only
                 upstream = await channel.adapter.poll(upstream)
             except UpstreamUnavailable as exc:
                 log.warning("job %s: poll failed (%s); retrying", row.id, exc.message)
+                upstream.retry_after = min(exc.retry_after, 60.0) if exc.retry_after else None
                 continue
             polls += 1
             if polls % 10 == 0:

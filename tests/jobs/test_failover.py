@@ -194,3 +194,35 @@ def test_throttled_submit_backs_off_and_retries(gateway_factory: Any, upstreams:
     resp = generate(gw, key)
     assert resp.status_code == 503, resp.text
     assert a.submits == 6  # three rounds, then a clear error
+
+
+def test_poll_honours_retry_after_of_a_throttled_status_read(gateway_factory: Any,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """A 429 with Retry-After: 1 on get_result makes the next poll wait about 1 s, not the
+    (much shorter) poll interval; then the job completes normally."""
+    monkeypatch.setenv("A_KEY", "key-a")
+    polls: list[float] = []
+    import time as _time
+
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.post(f"{A}/v1/flux-kontext-pro").mock(return_value=httpx.Response(
+            200, json={"id": "t1", "polling_url": f"{A}/v1/get_result?id=t1"}))
+
+        def poll(_r: httpx.Request) -> httpx.Response:
+            polls.append(_time.monotonic())
+            if len(polls) == 1:
+                return httpx.Response(429, headers={"retry-after": "1"}, json={"detail": "slow"})
+            return httpx.Response(200, json={"id": "t1", "status": "Ready",
+                                             "result": {"sample": "https://d.a.bfl.test/t1.png"}})
+
+        mock.get(f"{A}/v1/get_result").mock(side_effect=poll)
+        mock.get("https://d.a.bfl.test/t1.png").mock(
+            return_value=httpx.Response(200, content=PNG, headers={"content-type": "image/png"}))
+        gw: Gateway = gateway_factory(channels=channels()[:1],
+                                      jobs={"poll_initial": 0.01, "poll_max": 0.05})
+        _, key = gw.create_key()
+        assert generate(gw, key).status_code == 200
+    assert len(polls) == 2
+    assert polls[1] - polls[0] >= 0.9
