@@ -214,11 +214,7 @@ class BflAdapter:
         """BFL documents no cancel endpoint; nothing to do."""
 
     async def download(self, output: UpstreamOutput) -> bytes:
-        if output.data is not None:
-            return output.data
-        if not output.url:
-            raise UpstreamUnavailable("output has neither data nor url", code="no_output")
-        return await transport.download(self._client, output.url,
-                                        deadline=self.options.download_timeout,
-                                        connect=self.options.connect_timeout)
+        return await transport.download_output(self._client, output,
+                                               deadline=self.options.download_timeout,
+                                               connect=self.options.connect_timeout)
 

@@ -45,7 +45,6 @@ from adapters.base import (
     UpstreamOutput,
     UpstreamRequest,
     UpstreamState,
-    UpstreamUnavailable,
 )
 
 _MODERATION_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
@@ -185,10 +184,6 @@ class OpenAICompatibleAdapter:
         """Synchronous upstream: nothing to cancel."""
 
     async def download(self, output: UpstreamOutput) -> bytes:
-        if output.data is not None:
-            return output.data
-        if not output.url:
-            raise UpstreamUnavailable("output has neither data nor url", code="no_output")
-        return await transport.download(self._client, output.url,
-                                        deadline=self.options.download_timeout,
-                                        connect=self.options.connect_timeout)
+        return await transport.download_output(self._client, output,
+                                               deadline=self.options.download_timeout,
+                                               connect=self.options.connect_timeout)

@@ -257,10 +257,6 @@ class ReplicateAdapter:
             log.info("replicate cancel of %s answered %s", job.id, resp.status_code)
 
     async def download(self, output: UpstreamOutput) -> bytes:
-        if output.data is not None:
-            return output.data
-        if not output.url:
-            raise UpstreamUnavailable("output has neither data nor url", code="no_output")
-        return await transport.download(self._client, output.url,
-                                        deadline=self.options.download_timeout,
-                                        connect=self.options.connect_timeout)
+        return await transport.download_output(self._client, output,
+                                               deadline=self.options.download_timeout,
+                                               connect=self.options.connect_timeout)

@@ -37,6 +37,7 @@ import httpx
 from adapters.base import (
     UpstreamAmbiguous,
     UpstreamAuthError,
+    UpstreamOutput,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -149,6 +150,16 @@ async def poll_call(client: httpx.AsyncClient, method: str, url: str, *, deadlin
     except (httpx.TransportError, TimeoutError) as exc:
         raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}",
                                   code="unreachable") from exc
+
+
+async def download_output(client: httpx.AsyncClient, output: UpstreamOutput, *,
+                          deadline: float, connect: float = 5.0) -> bytes:
+    """An output's bytes: inline data as it is, else `download()` of its URL."""
+    if output.data is not None:
+        return output.data
+    if not output.url:
+        raise UpstreamUnavailable("output has neither data nor url", code="no_output")
+    return await download(client, output.url, deadline=deadline, connect=connect)
 
 
 async def download(client: httpx.AsyncClient, url: str, *, deadline: float,
