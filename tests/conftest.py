@@ -71,7 +71,8 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-def start_gateway(data_dir: Path, **overrides: Any) -> Gateway:
+def start_gateway(data_dir: Path, *, cls: type[Gateway] | None = None,
+                  **overrides: Any) -> Gateway:
     """Start the real app under uvicorn in a thread, on a free loopback port."""
     sock = _free_socket()
     port = sock.getsockname()[1]
@@ -97,8 +98,8 @@ def start_gateway(data_dir: Path, **overrides: Any) -> Gateway:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the gateway did not start")
         time.sleep(0.02)
-    gw = Gateway(base_url=f"http://127.0.0.1:{port}", settings=settings, server=server,
-                 thread=thread, app=app)
+    gw = (cls or Gateway)(base_url=f"http://127.0.0.1:{port}", settings=settings,
+                          server=server, thread=thread, app=app)
     gw.server_loop = holder["loop"]
     return gw
 
