@@ -25,6 +25,7 @@ from gateway.settings import Settings
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
 from gateway.storage.signing import UrlSigner, load_or_create_secret
+from gateway.webhooks.service import WebhookService, gateway_secret
 
 log = logging.getLogger("gateway")
 
@@ -59,16 +60,22 @@ async def build_services(settings: Settings) -> Services:
                            timeout=settings.limits.fetch_timeout,
                            allow=settings.limits.fetch_allow)
     prices = price_table(settings)
+    webhooks = WebhookService(sessions=sessions, files=file_store, settings=settings.webhooks,
+                              secret=gateway_secret(settings),
+                              allow=settings.limits.fetch_allow)
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
                       settings=settings.jobs,
-                      moderation_fee=to_micro(settings.billing.moderation_fee))
+                      moderation_fee=to_micro(settings.billing.moderation_fee),
+                      outbox=webhooks.outbox)
     return Services(settings=settings, engine=engine, sessions=sessions, http=http,
                     router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices,
+                    webhooks=webhooks,
                     rate_limiter=RateLimiter(settings.redis_url))
 
 
 async def close_services(services: Services) -> None:
     await services.jobs.close()
+    await services.webhooks.close()
     await services.fetcher.aclose()
     await services.http.aclose()
     await services.engine.dispose()
@@ -98,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         for line in startup_report(services):
             log.info(line)
         await services.jobs.resume()
+        services.webhooks.start()  # delivers what is pending, including rows from before
         try:
             yield
         finally:
