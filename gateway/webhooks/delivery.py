@@ -39,7 +39,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from gateway import __version__
 from gateway.images.fetch import UrlRefused
 from gateway.settings import WebhookSettings
-from gateway.webhooks.outbox import DELIVERED, DISABLED, FAILED, PENDING
+from gateway.webhooks.outbox import DELIVERED, DISABLED, FAILED, PENDING, replay
 from gateway.webhooks.signing import SecretBox, SecretError, Signer
 from gateway.webhooks.tables import WebhookDeliveryRow
 
@@ -279,17 +279,9 @@ class DeliveryWorker:
                 .values(**values))
 
     async def replay(self, delivery_id: str) -> bool:
-        """Make a failed or disabled delivery pending again, due now, with a fresh schedule;
-        answers False when there is no such finished delivery."""
-        now = self.clock()
+        """`outbox.replay` now, then wake the worker."""
         async with self.sessions.begin() as session:
-            result = await session.execute(
-                update(WebhookDeliveryRow).where(WebhookDeliveryRow.id == delivery_id,
-                                                 WebhookDeliveryRow.status.in_([FAILED,
-                                                                                DISABLED]))
-                .values(status=PENDING, attempts=0, next_attempt_at=now, lease_token=None,
-                        lease_until=None, updated_at=now))
-            replayed: bool = result.rowcount == 1  # type: ignore[attr-defined]
+            replayed = await replay(session, delivery_id, self.clock())
         if replayed:
             self.wake()
         return replayed

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.jobs.model import JobStatus
@@ -92,3 +93,15 @@ class Outbox:
             created_at=now, updated_at=now)
         session.add(row)
         return row
+
+
+async def replay(session: AsyncSession, delivery_id: str, now: datetime) -> bool:
+    """Make a failed or disabled delivery pending again, due at `now`, with a fresh schedule
+    (same event id); answers False when there is no such finished delivery."""
+    result = await session.execute(
+        update(WebhookDeliveryRow).where(WebhookDeliveryRow.id == delivery_id,
+                                         WebhookDeliveryRow.status.in_([FAILED, DISABLED]))
+        .values(status=PENDING, attempts=0, next_attempt_at=now, lease_token=None,
+                lease_until=None, updated_at=now))
+    replayed: bool = result.rowcount == 1  # type: ignore[attr-defined]
+    return replayed
