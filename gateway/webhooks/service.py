@@ -78,6 +78,12 @@ class WebhookService:
         if url is None or not url.strip():
             return None, None
         url = url.strip()
+        if secret:
+            try:
+                parse_secret(secret)
+            except SecretError as exc:
+                raise InvalidRequest(f"webhook_secret: {exc}.", param="webhook_secret",
+                                     code="invalid_webhook_secret") from exc
         shown = url if len(url) <= 200 else url[:200] + "..."
         try:
             if len(url) > MAX_URL_CHARS:
@@ -90,15 +96,7 @@ class WebhookService:
         except (httpx.HTTPError, httpx.InvalidURL, TypeError, ValueError) as exc:
             raise InvalidRequest(f"webhook_url: {shown} is not a valid, resolvable http(s) URL.",
                                  param="webhook_url", code="invalid_webhook_url") from exc
-        sealed = None
-        if secret:
-            try:
-                parse_secret(secret)
-            except SecretError as exc:
-                raise InvalidRequest(f"webhook_secret: {exc}.", param="webhook_secret",
-                                     code="invalid_webhook_secret") from exc
-            sealed = self.box.seal(secret)
-        return url, sealed
+        return url, self.box.seal(secret) if secret else None
 
     def start(self) -> None:
         if self.settings.enabled:
