@@ -62,11 +62,11 @@ async def get_row(sessions: async_sessionmaker[AsyncSession], row_id: str) -> We
 
 
 async def run_until(worker: DeliveryWorker, sessions: async_sessionmaker[AsyncSession],
-                    row_id: str, status: str, timeout: float = 15.0) -> WebhookDeliveryRow:
+                    row_id: str, status: str, within: float = 15.0) -> WebhookDeliveryRow:
     task = asyncio.create_task(worker.run())
     try:
-        async with asyncio.timeout(timeout):
-            while (row := await get_row(sessions, row_id)).status != status:
+        async with asyncio.timeout(within):
+            while (row := await get_row(sessions, row_id)).status != status:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         return row
     finally:

@@ -82,7 +82,7 @@ def test_failed_job_gets_an_image_failed_delivery(gateway_factory: Any,
 def test_private_webhook_url_is_refused_before_any_job(gateway_factory: Any,
                                                        receiver: Receiver) -> None:
     gw = gateway_factory(limits={"fetch_allow": []}, **FAST)
-    key_id, key = gw.create_key("wh", balance=10)
+    _, key = gw.create_key("wh", balance=10)
     for url in (receiver.url, "http://localhost/hook", "http://169.254.169.254/latest",
                 "file:///etc/passwd", "http://user:pw@example.com/hook"):
         resp = generate(gw, key, webhook_url=url)
