@@ -140,3 +140,19 @@ def test_secret_box_round_trip_and_tamper() -> None:
             box.open(bad)
     with pytest.raises(SecretError):
         SecretBox(b"other" * 8).open(sealed)
+
+
+def test_cli_prints_the_gateway_secret_and_replay_needs_a_finished_delivery(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    monkeypatch.setenv("FLUXGATE_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    first = runner.invoke(app, ["webhooks", "secret"])
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == (tmp_path / "webhook.key").read_text().strip()
+    assert runner.invoke(app, ["webhooks", "secret"]).output == first.output
+    missing = runner.invoke(app, ["webhooks", "replay", "msg_nope"])
+    assert missing.exit_code == 1
