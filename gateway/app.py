@@ -26,6 +26,7 @@ from gateway.settings import Settings
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
 from gateway.storage.signing import UrlSigner, load_or_create_secret
+from gateway.webhooks.service import WebhookService, gateway_secret
 
 log = logging.getLogger("gateway")
 
@@ -60,11 +61,16 @@ async def build_services(settings: Settings) -> Services:
                            timeout=settings.limits.fetch_timeout,
                            allow=settings.limits.fetch_allow)
     prices = price_table(settings)
+    webhooks = WebhookService(sessions=sessions, files=file_store, settings=settings.webhooks,
+                              secret=gateway_secret(settings),
+                              allow=settings.limits.fetch_allow)
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
                       settings=settings.jobs,
-                      moderation_fee=to_micro(settings.billing.moderation_fee))
+                      moderation_fee=to_micro(settings.billing.moderation_fee),
+                      outbox=webhooks.outbox)
     return Services(settings=settings, engine=engine, sessions=sessions, http=http,
                     router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices,
+                    webhooks=webhooks,
                     rate_limiter=RateLimiter(settings.redis_url))
 
 
@@ -72,6 +78,7 @@ async def close_services(services: Services) -> None:
     await services.jobs.close()
     if services.pending_writes:  # e.g. the stored answer of a request cut off by shutdown
         await asyncio.gather(*services.pending_writes, return_exceptions=True)
+    await services.webhooks.close()
     await services.fetcher.aclose()
     await services.http.aclose()
     await services.engine.dispose()
@@ -101,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
         for line in startup_report(services):
             log.info(line)
         await services.jobs.resume()
+        services.webhooks.start()  # delivers what is pending, including rows from before
         try:
             yield
         finally:

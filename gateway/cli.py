@@ -1,4 +1,4 @@
-"""The `fluxgate` command: serve, keys, db."""
+"""The `fluxgate` command: serve, keys, usage, db, webhooks."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+webhooks_app = typer.Typer(help="Outbound result webhooks.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 console = Console()
 T = TypeVar("T")
 
@@ -277,6 +279,33 @@ def db_upgrade(config: ConfigOpt = None) -> None:
 
     asyncio.run(go())
     console.print("database is up to date")
+
+
+@webhooks_app.command("secret")
+def webhooks_secret(config: ConfigOpt = None) -> None:
+    """Print the gateway-wide webhook secret (whsec_...) that signs webhooks sent without a
+    per-request webhook_secret; it is generated into $data_dir/webhook.key on first use."""
+    from gateway.webhooks.service import gateway_secret
+
+    typer.echo(gateway_secret(_settings(config)))
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(delivery_id: Annotated[str, typer.Argument(help="the msg_... id")],
+                    config: ConfigOpt = None) -> None:
+    """Make a failed or disabled webhook delivery pending again (a running gateway sends it
+    within its poll interval)."""
+    from datetime import UTC, datetime
+
+    from gateway.webhooks.outbox import replay
+
+    async def go(session: AsyncSession) -> bool:
+        return await replay(session, delivery_id, datetime.now(UTC))
+
+    if not _with_session(_settings(config), go):
+        typer.echo(f"fluxgate: no failed or disabled delivery {delivery_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{delivery_id}: pending")
 
 
 def main() -> None:

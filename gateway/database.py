@@ -26,13 +26,14 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 class GatewayBase(DeclarativeBase):
-    """Declarative base of the gateway's own tables (jobs, files)."""
+    """Declarative base of the gateway's own tables (jobs, files, webhook deliveries)."""
 
 
 def all_metadata() -> list[MetaData]:
     """Every table fluxgate owns, for Alembic."""
     import gateway.jobs.tables
-    import gateway.storage.tables  # noqa: F401
+    import gateway.storage.tables
+    import gateway.webhooks.tables  # noqa: F401
     from billing.tables import BillingBase
 
     return [GatewayBase.metadata, BillingBase.metadata]

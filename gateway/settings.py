@@ -98,6 +98,35 @@ class LimitSettings(BaseModel):
     fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
 
 
+#: Standard Webhooks' example schedule: the delay before each attempt (seconds), ~75.5 h in all
+DEFAULT_WEBHOOK_SCHEDULE = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0,
+                            72000.0, 86400.0]
+
+
+class WebhookSettings(BaseModel):
+    """Outbound result webhooks (gateway/webhooks): timing and the gateway-wide secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True  # run the delivery worker in this process
+    timeout: float = Field(default=15.0, gt=0, le=120)  # whole attempt; 2xx within it = success
+    schedule: list[float] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_SCHEDULE),
+                                  min_length=1)  # delay before attempt 1, 2, ...
+    jitter: float = Field(default=0.1, ge=0, lt=1)  # +-share applied to every delay
+    max_retry_after: float = Field(default=86400.0, gt=0)  # cap on a receiver's Retry-After
+    poll_interval: float = Field(default=1.0, gt=0)  # how often the worker looks for due rows
+    lease: float = Field(default=60.0, gt=0)  # a claimed attempt's lease (> timeout)
+    batch: int = Field(default=20, ge=1, le=500)  # deliveries attempted concurrently
+    secret: str | None = None  # whsec_...; default: generated once into $data_dir/webhook.key
+
+    @field_validator("schedule")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(d < 0 for d in v):
+            raise ValueError("schedule delays must be >= 0 seconds")
+        return v
+
+
 DEFAULT_PRICES_USD: dict[str, float | dict[str, float]] = {
     "flux-kontext-pro": 0.04, "flux-kontext-max": 0.08, "flux-kontext-dev": 0.025}
 
@@ -154,6 +183,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @field_validator("public_base_url")
     @classmethod

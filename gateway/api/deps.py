@@ -20,6 +20,7 @@ from gateway.jobs.routing import Router
 from gateway.jobs.service import JobService
 from gateway.settings import Settings
 from gateway.storage.files import FileStore
+from gateway.webhooks.service import WebhookService
 
 
 @dataclass(slots=True)
@@ -35,6 +36,7 @@ class Services:
     fetcher: ImageFetcher
     jobs: JobService
     prices: PriceTable
+    webhooks: WebhookService
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # admission per key

@@ -230,6 +230,8 @@ async def _create_edit(gate: Gate, form: EditForm, principal: Principal, service
     model = resolve_model(body.model)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
+    webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,
+                                                                 body.webhook_secret)
     if not form.images:
         raise InvalidRequest("image: at least one input image is required (as `image`, "
                              "`image[]` or a URL).", param="image", code="missing_image")
@@ -255,7 +257,8 @@ async def _create_edit(gate: Gate, form: EditForm, principal: Principal, service
         prompt_upsampling=intake.parse_bool(
             body.prompt_upsampling if body.prompt_upsampling is not None else False,
             param="prompt_upsampling"),
-        extra=extra, webhook_url=body.webhook_url, input_ratio=EDIT_RATIO, notes=notes)
+        extra=extra, webhook_url=webhook_url, webhook_secret=webhook_secret,
+        input_ratio=EDIT_RATIO, notes=notes)
     for i, value in enumerate(form.images):
         param = _image_param(i, len(form.images))
         order.image_blobs.append((param, await _resolve(services.fetcher, value, param)))

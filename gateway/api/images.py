@@ -87,6 +87,8 @@ async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Pri
     model = resolve_model(body.model)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
+    webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,
+                                                                 body.webhook_secret)
     urls, prompt = intake.split_leading_urls(body.prompt)
     refs = intake.collect_image_refs(body.model_dump())
     refs += [(f"prompt[{i}]", url) for i, url in enumerate(urls)]
@@ -98,7 +100,7 @@ async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Pri
         safety_tolerance=intake.parse_safety(body.safety_tolerance),
         prompt_upsampling=intake.parse_bool(body.prompt_upsampling or False,
                                             param="prompt_upsampling"),
-        image_refs=refs, webhook_url=body.webhook_url)
+        image_refs=refs, webhook_url=webhook_url, webhook_secret=webhook_secret)
     rows = await gate.place(desk, customer_of(principal), order)
     rows = await services.jobs.wait([r.id for r in rows])
     return JSONResponse(await images_response(services, rows, response_format))

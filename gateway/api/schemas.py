@@ -220,3 +220,4 @@ class ImageEditRequest(BaseModel):
     images: list[ImageRef] | None = None
     mask: ImageRef | None = None
     webhook_url: str | None = None
+    webhook_secret: str | None = None

@@ -66,7 +66,8 @@ class JobSpec(BaseModel):
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
-    webhook_url: str | None = None
+    webhook_url: str | None = None  # checked against the SSRF policy when accepted
+    webhook_secret: str | None = None  # the request's own secret, SEALED (webhooks.SecretBox)
     notes: list[str] = Field(default_factory=list)  # decisions worth recording on the job
 
 

@@ -47,7 +47,8 @@ class Order:
     image_blobs: list[tuple[str, bytes]] = field(default_factory=list)
     mask: bytes | None = None
     surface: str = "openai.images"
-    webhook_url: str | None = None
+    webhook_url: str | None = None  # from WebhookService.accept (already checked)
+    webhook_secret: str | None = None  # sealed by WebhookService.accept
     input_ratio: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -138,7 +139,7 @@ class OrderDesk:
                     seed=(order.seed + i) % (MAX_SEED + 1), output_format=order.output_format,
                     safety_tolerance=order.safety_tolerance,
                     prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),
-                    webhook_url=order.webhook_url)
+                    webhook_url=order.webhook_url, webhook_secret=order.webhook_secret)
             for i in range(order.n)
         ]
         return await self.jobs.create(specs)

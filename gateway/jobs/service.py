@@ -55,6 +55,7 @@ from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
 from gateway.settings import JobSettings
 from gateway.storage.files import FileStore, image_size
+from gateway.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,9 @@ class JobService:
 
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], router: Router,
                  files: FileStore, prices: PriceTable, settings: JobSettings,
-                 moderation_fee: int = 0) -> None:
+                 moderation_fee: int = 0, outbox: Outbox | None = None) -> None:
         self.sessions = sessions
+        self.outbox = outbox  # webhook deliveries, written in the terminal transaction
         self.router = router
         self.files = files
         self.prices = prices
@@ -539,8 +541,12 @@ class JobService:
     async def _finish(self, job_id: str, key_id: str, status: JobStatus, *,
                       code: str | None = None, message: str | None = None, fee: int = 0) -> bool:
         """Move a job to a terminal state and settle or release its money, atomically.
-        Answers False when the job was already terminal (nothing happens twice)."""
+        Answers False when the job was already terminal (nothing happens twice).
+
+        A job with a `webhook_url` gets its one webhook delivery row in that same transaction
+        (so it exists exactly when the job is terminal); the worker is told after commit."""
         now = _now()
+        queued = None
         async with self.sessions.begin() as session:
             result = await session.execute(
                 update(JobRow).where(JobRow.id == job_id, JobRow.status.not_in(TERMINAL))
@@ -566,6 +572,10 @@ class JobService:
                 stage = Stage.RELEASED
             row.stage = stage.value
             row.timeline = [*row.timeline, {"stage": stage.value, "at": now.isoformat()}]
+            if self.outbox is not None:
+                queued = await self.outbox.add(session, row)
+        if queued is not None and self.outbox is not None:
+            self.outbox.notify()
         return True
 
     async def _fail(self, job_id: str, code: str, message: str, *, fee: int = 0) -> None:
