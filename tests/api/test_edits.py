@@ -152,6 +152,24 @@ def test_sdk_size_maps_to_ratio_and_url_response(gateway: Gateway, api_key: str)
     assert Image.open(io.BytesIO(resp.content)).size == (832, 1248)
 
 
+def test_result_url_fetchable_with_and_without_a_forwarded_authorization(gateway: Gateway,
+                                                                         api_key: str) -> None:
+    """Open WebUI and the AI SDK fetch `data[].url` forwarding their Authorization header;
+    a markdown <img> fetches it with none. Both must get the image, as image/*."""
+    result = client(gateway, api_key).images.edit(
+        model="flux-kontext-pro", image=png_bytes((256, 256), RED), prompt="x",
+        response_format="url")
+    url = result.data[0].url or ""
+    assert url.startswith(f"{gateway.base_url}/files/")  # same origin as the API
+    for headers in ({}, {"authorization": f"Bearer {api_key}"},
+                    {"authorization": "Bearer sk-open-webui-own-key"}):
+        resp = httpx.get(url, headers=headers)
+        assert resp.status_code == 200, (headers, resp.text)
+        assert resp.headers["content-type"] == "image/png"
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert Image.open(io.BytesIO(resp.content)).size == (1024, 1024)
+
+
 # -- multipart as other clients shape it -----------------------------------------------------
 def test_node_shaped_chunked_multipart_files_first(gateway: Gateway, api_key: str) -> None:
     boundary = "openai-" + "7" * 24
