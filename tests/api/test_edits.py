@@ -506,7 +506,7 @@ def _big_png() -> bytes:
 
 
 def _traced_edit(gw: Gateway, key: str, **kwargs: Any) -> tuple[httpx.Response, float, float]:
-    """Post an edit whose job takes 3 s; (response, MB traced while the job runs, peak MB).
+    """Post an edit whose job takes 5 s; (response, MB traced while the job runs, peak MB).
     The server runs in this process, so tracemalloc sees its allocations (and the client's)."""
     import gc
     import threading
@@ -525,7 +525,7 @@ def _traced_edit(gw: Gateway, key: str, **kwargs: Any) -> tuple[httpx.Response, 
         base = tracemalloc.get_traced_memory()[0]
         thread = threading.Thread(target=post)
         thread.start()
-        time.sleep(2.0)  # the job (sandbox:latency=3) is running; the request is waiting
+        time.sleep(3.0)  # the job (sandbox:latency=5) is running; the request is waiting
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - base
         thread.join()
@@ -541,7 +541,7 @@ def test_a_20_mb_upload_is_not_held_several_times_over(gateway: Gateway, api_key
     data = _big_png()
     size = len(data) / 1e6
     assert 19 < size < 21
-    prompt = "x sandbox:latency=3"
+    prompt = "x sandbox:latency=5"
     if shape == "multipart":
         kwargs: dict[str, Any] = {
             "files": {"image": ("a.png", data, "image/png")},
