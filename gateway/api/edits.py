@@ -164,12 +164,20 @@ async def read_multipart(request: Request, limits: LimitSettings, desk: OrderDes
 
 
 async def read_json(request: Request, limits: LimitSettings, desk: OrderDesk) -> EditForm:
-    raw = b"".join([chunk async for chunk in bounded(request, body_limit(limits))])
+    """Parse a JSON edit. The images' text moves from the body model to `EditForm.images`
+    (held once; the idempotency fingerprint uses their digests)."""
+    raw = bytearray()
+    async for chunk in bounded(request, body_limit(limits)):
+        raw += chunk
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
+        text = raw.decode("utf-8-sig")
+        del raw  # the body is held once at a time: bytes, then text, then the parsed values
+        data = json.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
+    del text
     body = _validate_body(data)
+    del data
     refs: list[ImageRef] = []
     if isinstance(body.image, list):
         refs += body.image
@@ -181,6 +189,7 @@ async def read_json(request: Request, limits: LimitSettings, desk: OrderDesk) ->
     out.images = [_ref_text(ref, _image_param(i, len(refs))) for i, ref in enumerate(refs)]
     if body.mask:
         out.mask = _ref_text(body.mask, "mask")
+    body.image = body.images = body.mask = None
     return out
 
 
@@ -259,11 +268,22 @@ async def _create_edit(gate: Gate, form: EditForm, principal: Principal, service
             param="prompt_upsampling"),
         extra=extra, webhook_url=webhook_url, webhook_secret=webhook_secret,
         input_ratio=EDIT_RATIO, notes=notes)
-    for i, value in enumerate(form.images):
-        param = _image_param(i, len(form.images))
+    # the request's copies are let go as soon as they are used: a 20 MB upload (or its base64
+    # text) must not stay in memory, several times over, while the job runs for minutes
+    count = len(form.images)
+    for i in range(count):
+        param = _image_param(i, count)
+        value, form.images[i] = form.images[i], b""
         order.image_blobs.append((param, await _resolve(services.fetcher, value, param)))
+        del value
     if form.mask is not None:
-        order.mask = await _resolve(services.fetcher, form.mask, "mask")
-    rows = await gate.place(desk, customer_of(principal), order)
+        mask, form.mask = form.mask, None
+        order.mask = await _resolve(services.fetcher, mask, "mask")
+        del mask
+    try:
+        rows = await gate.place(desk, customer_of(principal), order)
+    finally:
+        order.image_blobs.clear()
+        order.mask = None
     rows = await services.jobs.wait([r.id for r in rows])
     return JSONResponse(await images_response(services, rows, response_format))

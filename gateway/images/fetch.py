@@ -335,16 +335,24 @@ def decode_base64_image(ref: str, *, param: str, max_bytes: int) -> bytes:
     anything that is not base64 raises InvalidRequest (`invalid_image`).
     """
     m = _DATA_URL.match(ref)
-    payload = ref[m.end():] if m else ref
-    if len(payload) * 3 // 4 > max_bytes + 3:
+    start = m.end() if m else 0
+    if (len(ref) - start) * 3 // 4 > max_bytes + 3:
         raise PayloadTooLarge(f"{param}: the image is larger than {max_bytes} bytes "
                               f"({max_bytes / (1024 * 1024):g} MB).", param=param)
-    text = "".join(payload.split()).translate(_URLSAFE)
+    payload = ref[start:] if start else ref
     try:
-        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"{param}: not an http(s) URL, a data URL or base64 image data.",
-                             param=param, code="invalid_image") from exc
+        # the usual case (clean, padded standard base64) is decoded without copying the text
+        data = binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        data = None
+    if data is None:  # whitespace, URL-safe alphabet or missing padding: normalise first
+        text = "".join(payload.split()).translate(_URLSAFE)
+        del payload
+        try:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"{param}: not an http(s) URL, a data URL or base64 image "
+                                 "data.", param=param, code="invalid_image") from exc
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"{param}: the image is larger than {max_bytes} bytes "
                               f"({max_bytes / (1024 * 1024):g} MB).", param=param)

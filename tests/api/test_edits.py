@@ -152,6 +152,24 @@ def test_sdk_size_maps_to_ratio_and_url_response(gateway: Gateway, api_key: str)
     assert Image.open(io.BytesIO(resp.content)).size == (832, 1248)
 
 
+def test_result_url_fetchable_with_and_without_a_forwarded_authorization(gateway: Gateway,
+                                                                         api_key: str) -> None:
+    """Open WebUI and the AI SDK fetch `data[].url` forwarding their Authorization header;
+    a markdown <img> fetches it with none. Both must get the image, as image/*."""
+    result = client(gateway, api_key).images.edit(
+        model="flux-kontext-pro", image=png_bytes((256, 256), RED), prompt="x",
+        response_format="url")
+    url = result.data[0].url or ""
+    assert url.startswith(f"{gateway.base_url}/files/")  # same origin as the API
+    for headers in ({}, {"authorization": f"Bearer {api_key}"},
+                    {"authorization": "Bearer sk-open-webui-own-key"}):
+        resp = httpx.get(url, headers=headers)
+        assert resp.status_code == 200, (headers, resp.text)
+        assert resp.headers["content-type"] == "image/png"
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert Image.open(io.BytesIO(resp.content)).size == (1024, 1024)
+
+
 # -- multipart as other clients shape it -----------------------------------------------------
 def test_node_shaped_chunked_multipart_files_first(gateway: Gateway, api_key: str) -> None:
     boundary = "openai-" + "7" * 24
@@ -477,3 +495,68 @@ def test_idempotency_key_on_edits(gateway: Gateway, api_key: str) -> None:
     with pytest.raises(openai.UnprocessableEntityError):
         c.images.edit(image=("a.png", png_bytes((64, 64), BLUE), "image/png"), **kwargs)
     assert len(jobs(gateway)) == 1
+
+
+# -- memory: a 20 MB upload is held once, not several times over ------------------------------
+def _big_png() -> bytes:
+    """A ~20 MB (incompressible) PNG, just under the 20 MiB limit."""
+    rnd = random.Random(3)
+    image = Image.frombytes("RGB", (2600, 2600), rnd.randbytes(2600 * 2600 * 3))
+    return encode(image, "PNG", compress_level=0)
+
+
+def _traced_edit(gw: Gateway, key: str, **kwargs: Any) -> tuple[httpx.Response, float, float]:
+    """Post an edit whose job takes 5 s; (response, MB traced while the job runs, peak MB).
+    The server runs in this process, so tracemalloc sees its allocations (and the client's)."""
+    import gc
+    import threading
+    import tracemalloc
+
+    out: dict[str, httpx.Response] = {}
+    headers = {"authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
+
+    def post() -> None:
+        out["r"] = httpx.post(f"{gw.base_url}/v1/images/edits", headers=headers, timeout=120,
+                              **kwargs)
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        thread = threading.Thread(target=post)
+        thread.start()
+        time.sleep(3.0)  # the job (sandbox:latency=5) is running; the request is waiting
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        thread.join()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return out["r"], held / 1e6, peak / 1e6
+
+
+@pytest.mark.parametrize("shape", ["multipart", "json data URL"])
+def test_a_20_mb_upload_is_not_held_several_times_over(gateway: Gateway, api_key: str,
+                                                       shape: str) -> None:
+    data = _big_png()
+    size = len(data) / 1e6
+    assert 19 < size < 21
+    prompt = "x sandbox:latency=5"
+    if shape == "multipart":
+        kwargs: dict[str, Any] = {
+            "files": {"image": ("a.png", data, "image/png")},
+            "data": {"model": "flux-kontext-pro", "prompt": prompt, "response_format": "url"}}
+    else:
+        b64 = base64.b64encode(data).decode()
+        kwargs = {"headers": {"content-type": "application/json"}, "content": (
+            f'{{"model": "flux-kontext-pro", "prompt": "{prompt}", "response_format": "url", '
+            f'"image": "data:image/png;base64,{b64}"}}').encode()}
+        del b64
+    del data
+    resp, held, peak = _traced_edit(gateway, api_key, **kwargs)
+    assert resp.status_code == 200, resp.text
+    # while the job runs, the job's own copy of the input is all that is kept; the request's
+    # bytes (and a JSON body's base64 text) are gone
+    assert held < 1.5 * size, (held, size)
+    # the request body (1.33x as base64), its parsed text and the decoded image, not more
+    assert peak < 4 * size, (peak, size)

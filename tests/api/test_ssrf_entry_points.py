@@ -3,6 +3,7 @@ without an allow-list, loopback and metadata addresses are refused before any co
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ def test_loopback_url_refused_at_every_entry_point(gateway_factory: Any, image_s
     elif where == "input_image":
         body["input_image"] = url
     else:
-        body["input_image"] = "data:image/png;base64," + __import__("base64").b64encode(
+        body["input_image"] = "data:image/png;base64," + base64.b64encode(
             png_bytes()).decode()
         body["input_image_2"] = url
     resp = httpx.post(f"{gw.base_url}/v1/images/generations", json=body,
@@ -41,3 +42,62 @@ def test_metadata_address_refused(gateway_factory: Any) -> None:
                             "prompt": "http://169.254.169.254/latest/meta-data/x.png edit"},
                       headers={"authorization": f"Bearer {key}"}, timeout=30)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "url_not_allowed"
+
+
+def _chat_messages(where: str, url: str) -> list[dict[str, Any]]:
+    if where == "image_url part":
+        return [{"role": "user", "content": [{"type": "text", "text": "edit it"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+    if where == "files_info":
+        return [{"role": "user", "content": (
+            "edit it\n<!-- SYSTEM CONTEXT (NOT PART OF USER QUERY) -->\n<files_info>\n<images>\n"
+            f'<image name="a.png" url="{url}"></image>\n</images>\n</files_info>\n'
+            "<!-- END SYSTEM CONTEXT -->")}]
+    if where == "history":
+        return [{"role": "user", "content": "a fox"},
+                {"role": "assistant", "content": f"![image]({url})"},
+                {"role": "user", "content": "now at night"}]
+    return [{"role": "user", "content": f"{url} edit it"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("where", ["image_url part", "files_info", "text", "history"])
+def test_chat_image_urls_go_through_the_same_guard(gateway_factory: Any,
+                                                   image_server: ImageServer, where: str,
+                                                   stream: bool) -> None:
+    gw = gateway_factory(limits={"fetch_allow": []})
+    _, key = gw.create_key()
+    for url in (image_server.add("secret.png", png_bytes()),
+                "http://169.254.169.254/latest/meta-data/x.png"):
+        resp = httpx.post(f"{gw.base_url}/v1/chat/completions", timeout=30,
+                          headers={"authorization": f"Bearer {key}"},
+                          json={"model": "flux-kontext-pro", "stream": stream,
+                                "messages": _chat_messages(where, url)})
+        assert resp.status_code == 400, resp.text  # refused before any stream starts
+        assert resp.json()["error"]["code"] == "url_not_allowed"
+    assert image_server.hits == []
+
+
+def test_edit_urls_go_through_the_same_guard(gateway_factory: Any,
+                                             image_server: ImageServer) -> None:
+    gw = gateway_factory(limits={"fetch_allow": []})
+    _, key = gw.create_key()
+    url = image_server.add("secret.png", png_bytes())
+    inline = base64.b64encode(png_bytes()).decode()
+    auth = {"authorization": f"Bearer {key}"}
+    edits = f"{gw.base_url}/v1/images/edits"
+    answers = [
+        httpx.post(edits, headers=auth, json={"model": "flux-kontext-pro", "prompt": "x",
+                                              "image": url}),
+        httpx.post(edits, headers=auth, json={"model": "flux-kontext-pro", "prompt": "x",
+                                              "images": [{"image_url": url}]}),
+        httpx.post(edits, headers=auth, json={"model": "flux-kontext-pro", "prompt": "x",
+                                              "image": inline, "mask": url}),
+        httpx.post(edits, headers=auth, data={"model": "flux-kontext-pro", "prompt": "x",
+                                              "image[]": url},
+                   files={"mask": ("m.png", b"")}),
+    ]
+    for resp in answers:
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "url_not_allowed"
+    assert image_server.hits == []
