@@ -130,8 +130,10 @@ def install(app: FastAPI) -> None:
 
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
+        # not retried by SDKs: a creating call may already have made (and billed) a job
         return JSONResponse(envelope("The server had an error while processing your request.",
-                                     "server_error", None, "internal_error"), status_code=500)
+                                     "server_error", None, "internal_error"), status_code=500,
+                            headers={"x-should-retry": "false"})
 
     app.add_exception_handler(ge.GatewayError, gateway_error)
     app.add_exception_handler(BillingError, gateway_error)

@@ -8,6 +8,7 @@ hands them to the JobService.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -90,8 +91,15 @@ class OrderDesk:
         """Every input image of the order, fetched and validated, in order."""
         self.check_image_count(len(order.image_refs) + len(order.image_blobs))
         blobs = list(order.image_blobs)
-        for param, ref in order.image_refs:
-            blobs.append((param, await self.fetcher.load(ref, param=param)))
+        if order.image_refs:  # fetched at once, not one after another (chat headers wait)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    fetches = [group.create_task(self.fetcher.load(ref, param=param))
+                               for param, ref in order.image_refs]
+            except BaseExceptionGroup as group_error:  # the first refusal, as a plain error
+                raise group_error.exceptions[0] from None
+            blobs += [(param, task.result())
+                      for (param, _), task in zip(order.image_refs, fetches, strict=True)]
         return [await self.load_image(param, data, order.input_ratio) for param, data in blobs]
 
     async def store_mask(self, customer: Customer, mask: bytes,
@@ -111,8 +119,13 @@ class OrderDesk:
         return stored.id
 
     async def place(self, customer: Customer, order: Order) -> list[JobRow]:
-        """Create the order's jobs (reserving their price); raises InvalidRequest and friends
-        before anything is created or charged, InsufficientFunds when the balance is short.
+        """`prepare` the order, then create its jobs (reserving their price); raises
+        InsufficientFunds when the balance is short."""
+        return await self.jobs.create(await self.prepare(customer, order))
+
+    async def prepare(self, customer: Customer, order: Order) -> list[JobSpec]:
+        """The order's job specs, with every input fetched, validated and stored; raises
+        InvalidRequest and friends (nothing is created or charged).
 
         A mask is validated against the first input image and stored (`kind="mask"`); the
         job service composites each result with that input (see `JobService._store`)."""
@@ -142,4 +155,4 @@ class OrderDesk:
                     webhook_url=order.webhook_url, webhook_secret=order.webhook_secret)
             for i in range(order.n)
         ]
-        return await self.jobs.create(specs)
+        return specs

@@ -351,6 +351,8 @@ class JobService:
             if wait <= 0:
                 break
             log.info("job %s: every channel is throttling; retrying in %.1f s", row.id, wait)
+            # nothing is at an upstream now: a restart during the wait may submit it again
+            await self._update(row.id, status=JobStatus.QUEUED.value)
             await asyncio.sleep(wait)
         await self._fail(row.id, "upstream_unavailable",
                          f"No upstream could take the job: {last_error}")
@@ -402,6 +404,11 @@ class JobService:
             await self._update(row.id, stage=Stage.SUBMITTED, upstream_id=upstream.id,
                                poll_url=upstream.poll_url,
                                upstream_handle=dict(upstream.handle), submitted_at=_now())
+            # the inputs are at the upstream now (and in storage): don't hold up to 4 x 20 MB
+            # in memory for the minutes the job may run
+            del req, sent
+            inputs.clear()
+            stitched.clear()
             await self._follow(row, spec, channel, upstream, started=started)
             return _Attempt(done=True)
         finally:

@@ -117,3 +117,14 @@ def test_stuck_job_times_out(gateway_factory: Any) -> None:
 def test_unknown_route_is_an_envelope(gateway: Gateway) -> None:
     resp = httpx.get(f"{gateway.base_url}/v1/nothing-here")
     assert_envelope(resp, 404)
+
+
+def test_several_input_urls_are_fetched_at_once_and_a_bad_one_is_named(
+        gateway: Gateway, api_key: str, image_server: Any) -> None:
+    from tests.conftest import png_bytes
+
+    good = image_server.add("a.png", png_bytes())
+    resp = post(gateway, api_key, {**BODY, "input_image": good,
+                                   "input_image_2": "http://127.0.0.1:9/missing.png"})
+    err = assert_envelope(resp, 400)
+    assert err["param"] == "input_image_2"

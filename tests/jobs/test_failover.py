@@ -226,3 +226,38 @@ def test_poll_honours_retry_after_of_a_throttled_status_read(gateway_factory: An
         assert generate(gw, key).status_code == 200
     assert len(polls) == 2
     assert polls[1] - polls[0] >= 0.9
+
+
+def test_restart_while_waiting_out_a_429_submits_again(tmp_path: Any, upstreams: Any) -> None:
+    """A job waiting for a throttled upstream is not at any upstream: after a restart it is
+    offered again (not failed as ambiguous) and succeeds, charged once."""
+    from tests.conftest import start_gateway
+
+    a, _b = upstreams
+    a.fail = lambda _r: httpx.Response(429, headers={"retry-after": "20"},
+                                       json={"detail": "too many active tasks"})
+    settings = {"channels": channels()[:1], "jobs": {"poll_initial": 0.01}}
+    first = start_gateway(tmp_path / "data", **settings)
+    _key_id, key = first.create_key(balance=1_000_000)
+    try:
+        with httpx.Client(timeout=1.0) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                c.post(f"{first.base_url}/v1/images/generations",
+                       headers={"authorization": f"Bearer {key}"},
+                       json={"model": "flux-kontext-pro", "prompt": "a fox"})
+    finally:
+        first.stop()
+    assert a.submits == 1 and a.accepted == 0
+    a.fail = None
+    second = start_gateway(tmp_path / "data", **settings)
+    try:
+        async def finished() -> list[JobRow]:
+            async with second.services.sessions() as s:
+                ids = list((await s.execute(select(JobRow.id))).scalars())
+            return await second.services.jobs.wait(ids, within=30)
+
+        [job] = second.call(finished())
+        assert job.status == "succeeded", (job.error_code, job.error_message)
+        assert a.accepted == 1 and job.charged == 40_000
+    finally:
+        second.stop()
