@@ -1,10 +1,10 @@
 """Gateway overhead against a direct upstream call, in the same run.
 
-    .venv/bin/python bench/overhead.py [--requests 200] [--concurrency 16] [--format jpeg]
+    .venv/bin/python bench/overhead.py [--requests 200] [--concurrency 8] [--format jpeg]
 
-Starts the real gateway (embedded default: SQLite, local disk, sandbox upstream with zero
-latency) on a loopback port and sends OpenAI image requests to it; then renders the same
-images by calling the sandbox adapter directly. Prints latency percentiles, throughput, peak
+Starts the real gateway in its own process (embedded default: SQLite, local disk, sandbox
+upstream with zero latency) on a loopback port and sends OpenAI image requests to it; then
+renders the same images by calling the sandbox adapter directly, in this process. Prints
 RSS and the ratio gateway/direct. The difference is what the gateway adds: HTTP, auth, the
 ledger, the job rows, re-hosting and the signed URL.
 """
@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import resource
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from adapters.base import UpstreamRequest
 from adapters.sandbox import SandboxAdapter, SandboxOptions
-from billing.keys import create_key
-from gateway.app import create_app
-from gateway.settings import load_settings
 
 
 def pct(values: list[float], q: float) -> float:
@@ -87,10 +86,46 @@ async def through_gateway(base_url: str, key: str, n: int, concurrency: int,
         return await run_concurrently(n, concurrency, one)
 
 
+def start_gateway(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """The real gateway in its own process (as deployed), on the embedded default."""
+    env = {**os.environ, "FLUXGATE_DATA_DIR": str(data_dir), "FLUXGATE_PORT": str(port),
+           "FLUXGATE_LOG_LEVEL": "WARNING", "FLUXGATE_SANDBOX__LATENCY": "0",
+           "FLUXGATE_JOBS__POLL_INITIAL": "0.005", "FLUXGATE_JOBS__POLL_MAX": "0.05",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the gateway did not start")
+
+
+def make_key(data_dir: Path) -> str:
+    env = {**os.environ, "FLUXGATE_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "create", "--name",
+                          "bench", "--json"], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    key: str = json.loads(out)["key"]
+    return key
+
+
+def rss_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--format", default="jpeg", choices=["png", "jpeg", "webp"])
     args = parser.parse_args()
 
@@ -98,38 +133,29 @@ def main() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    settings = load_settings(None, data_dir=data_dir, port=port, sandbox={"latency": 0},
-                             jobs={"poll_initial": 0.01, "poll_max": 0.05}, log_level="WARNING")
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=lambda: loop.run_until_complete(server.serve([sock])),
-                              daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-
-    async def make_key() -> str:
-        async with app.state.services.sessions.begin() as session:
-            return (await create_key(session, name="bench")).plaintext
-
-    key = asyncio.run_coroutine_threadsafe(make_key(), loop).result()
-    base_url = f"http://127.0.0.1:{port}"
-    print(f"fluxgate overhead benchmark: {args.requests} images, concurrency "
-          f"{args.concurrency}, 16:9 {args.format}, sandbox latency 0")
-    asyncio.run(through_gateway(base_url, key, 10, 4, args.format))  # warm-up
-    d_lat, d_wall = asyncio.run(direct(args.requests, args.concurrency, args.format))
-    g_lat, g_wall = asyncio.run(through_gateway(base_url, key, args.requests, args.concurrency,
-                                                args.format))
-    report("direct", d_lat, d_wall)
-    report("gateway", g_lat, g_wall)
-    print(f"ratio gateway/direct: p50 {pct(g_lat, .5) / pct(d_lat, .5):.2f}x, "
-          f"throughput {(args.requests / g_wall) / (args.requests / d_wall):.2f}x; "
-          f"added p50 {(pct(g_lat, .5) - pct(d_lat, .5)) * 1000:.1f} ms per image")
-    print(f"peak RSS (whole process, both runs): "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    server.should_exit = True
-    thread.join(timeout=10)
+    sock.close()
+    proc = start_gateway(data_dir, port)
+    try:
+        key = make_key(data_dir)
+        base_url = f"http://127.0.0.1:{port}"
+        print(f"fluxgate overhead benchmark: {args.requests} images, concurrency "
+              f"{args.concurrency}, 16:9 {args.format}, sandbox latency 0, gateway in its own "
+              "process (SQLite, local disk)")
+        asyncio.run(through_gateway(base_url, key, 10, 4, args.format))  # warm-up
+        d_lat, d_wall = asyncio.run(direct(args.requests, args.concurrency, args.format))
+        g_lat, g_wall = asyncio.run(through_gateway(base_url, key, args.requests,
+                                                    args.concurrency, args.format))
+        report("direct", d_lat, d_wall)
+        report("gateway", g_lat, g_wall)
+        print(f"ratio gateway/direct: p50 {pct(g_lat, .5) / pct(d_lat, .5):.2f}x, "
+              f"throughput {(args.requests / g_wall) / (args.requests / d_wall):.2f}x; "
+              f"added p50 {(pct(g_lat, .5) - pct(d_lat, .5)) * 1000:.1f} ms per image")
+        print(f"peak RSS: gateway process {rss_mib(proc.pid):.0f} MiB; bench process (direct "
+              f"renderer + client) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+              " MiB")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

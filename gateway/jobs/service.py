@@ -113,6 +113,8 @@ class JobService:
         self.moderation_fee = moderation_fee
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: dict[str, asyncio.Event] = {}
+        # stage changes not worth a transaction of their own: written with the job's next write
+        self._deferred: dict[str, tuple[dict[str, Any], list[dict[str, str]]]] = {}
         self._closing = False
 
     # -- creation -------------------------------------------------------------------------
@@ -202,15 +204,31 @@ class JobService:
             log.exception("job %s crashed", job_id)
             await self._fail(job_id, "internal_error", f"Internal error: {type(exc).__name__}")
         finally:
+            self._deferred.pop(job_id, None)  # never leaks past the job's task
             event = self._done.pop(job_id, None)
             if event is not None:
                 event.set()
+
+    def _defer(self, job_id: str, stage: Stage, **values: Any) -> None:
+        """Record a stage (with its time, now) and values to be written with the job's next
+        write. Used where losing them in a crash costs nothing: a resumed job polls again."""
+        staged_values, staged_stages = self._deferred.setdefault(job_id, ({}, []))
+        staged_values.update(values, stage=stage.value)
+        staged_stages.append({"stage": stage.value, "at": _now().isoformat()})
+
+    def _apply_deferred(self, row: JobRow) -> None:
+        staged = self._deferred.pop(row.id, None)
+        if staged is not None:
+            for key, value in staged[0].items():
+                setattr(row, key, value)
+            row.timeline = [*row.timeline, *staged[1]]
 
     async def _update(self, job_id: str, *, stage: Stage | None = None, **values: Any) -> None:
         async with self.sessions.begin() as session:
             row = await session.get(JobRow, job_id)
             if row is None:
                 return
+            self._apply_deferred(row)
             now = _now()
             for key, value in values.items():
                 setattr(row, key, value)
@@ -448,8 +466,8 @@ class JobService:
         cost = channel.cost_per_image
         if cost is None and upstream.cost is not None:
             cost = to_micro(upstream.cost)
-        await self._update(row.id, stage=Stage.UPSTREAM_DONE, polls=polls,
-                           upstream_latency=round(latency, 3), upstream_cost=cost)
+        self._defer(row.id, Stage.UPSTREAM_DONE, polls=polls,
+                    upstream_latency=round(latency, 3), upstream_cost=cost)
         if upstream.state is UpstreamState.SUCCEEDED:
             await self._store(row, spec, channel, upstream)
         elif upstream.state is UpstreamState.MODERATED:
@@ -541,8 +559,7 @@ class JobService:
         if not outputs:
             await self._fail(row.id, "upstream_error", "The upstream returned no image.")
             return
-        await self._update(row.id, stage=Stage.STORED,
-                           outputs=[o.model_dump() for o in outputs])
+        self._defer(row.id, Stage.STORED, outputs=[o.model_dump() for o in outputs])
         await self._finish(row.id, row.key_id, JobStatus.SUCCEEDED)
 
     async def _finish(self, job_id: str, key_id: str, status: JobStatus, *,
@@ -560,9 +577,11 @@ class JobService:
                 .values(status=status.value, error_code=code, error_message=message,
                         finished_at=now, updated_at=now))
             if result.rowcount != 1:  # type: ignore[attr-defined]
+                self._deferred.pop(job_id, None)
                 return False
             row = await session.get(JobRow, job_id)
             assert row is not None
+            self._apply_deferred(row)
             if status is JobStatus.SUCCEEDED:
                 if row.price > 0:
                     await ledger.settle(session, key_id, job_id, row.price,
