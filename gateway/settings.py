@@ -65,7 +65,7 @@ class StorageSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["local", "s3"] = "local"
+    kind: Literal["local"] = "local"  # S3-compatible storage: not implemented yet
     path: Path | None = None  # local: default $data_dir/files
     url_ttl: int = Field(default=7 * 24 * 3600, ge=60)  # seconds a signed file URL stays valid
     signing_secret: str | None = None  # default: generated once into $data_dir/secret.key
