@@ -1,6 +1,15 @@
-"""Exception -> HTTP answer, in one table. Every error is the OpenAI envelope
-`{"error": {"message", "type", "param", "code"}}`; errors that would fail again carry
-`x-should-retry: false`."""
+"""Exception -> HTTP answer, in one table. Errors that would fail again carry
+`x-should-retry: false`.
+
+Two body styles, chosen per route family:
+
+* the OpenAI envelope `{"error": {"message", "type", "param", "code"}}` everywhere by default;
+* FastAPI's `{"detail": ...}` on routes declared with `route_class=DetailErrorRoute` (the
+  BFL-style API, whose clients read `detail`, as BFL itself answers). There a missing or bad
+  key is 403 (BFL answers 403 "Not authenticated - Invalid Authentication"), and invalid input
+  is 422 with the FastAPI list `{"detail": [{"loc", "msg", "type"}]}` (BFL's
+  `HTTPValidationError`); every other error keeps its status with `{"detail": "<message>"}`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +18,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.errors import (
@@ -59,6 +70,28 @@ CODES: dict[type[Exception], str] = {
 }
 
 
+class DetailErrorRoute(APIRoute):
+    """A route whose errors are rendered FastAPI/BFL-style (`{"detail": ...}`); use it as an
+    APIRouter's `route_class`."""
+
+
+def detail_style(request: Request) -> bool:
+    """Whether `request` was routed to a `DetailErrorRoute`."""
+    return isinstance(request.scope.get("route"), DetailErrorRoute)
+
+
+#: detail style: exception class -> status, where it differs from STATUS (first MRO match)
+DETAIL_STATUS: dict[type[Exception], int] = {
+    ge.ContentPolicy: 400,
+    ge.PayloadTooLarge: 413,
+    ge.InvalidRequest: 422,
+    ge.AuthenticationError: 403,
+    InvalidKey: 403,
+}
+#: detail style: statuses whose body is FastAPI's validation list
+_VALIDATION_LIST = 422
+
+
 def envelope(message: str, type_: str, param: str | None = None,
              code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -92,9 +125,31 @@ def stream_error_event(exc: Exception) -> str:
     return f"data: {json.dumps(error_body(exc))}\n\n"
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """The HTTP answer for a gateway or billing error."""
-    status, _ = status_for(exc)
+def detail_status_for(exc: Exception) -> int:
+    for cls in type(exc).__mro__:
+        if cls in DETAIL_STATUS:
+            return DETAIL_STATUS[cls]
+    return status_for(exc)[0]
+
+
+def detail_body(exc: Exception, status: int) -> dict[str, Any]:
+    """`{"detail": ...}` for a gateway or billing error: FastAPI's validation list for 422,
+    else the message (a generic text for unexpected exceptions)."""
+    inner = error_body(exc)["error"]
+    message = str(inner["message"])
+    if isinstance(exc, ge.AuthenticationError | InvalidKey):
+        message = f"Not authenticated - {message}"
+    if status == _VALIDATION_LIST:
+        loc = ["body", inner["param"]] if inner["param"] else ["body"]
+        return {"detail": [{"loc": loc, "msg": message,
+                            "type": inner["code"] or "value_error"}]}
+    return {"detail": message}
+
+
+def error_response(exc: Exception, *, detail: bool = False) -> JSONResponse:
+    """The HTTP answer for a gateway or billing error; `detail` selects the `{"detail": ...}`
+    style (see the module docstring)."""
+    status = detail_status_for(exc) if detail else status_for(exc)[0]
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
@@ -103,33 +158,45 @@ def error_response(exc: Exception) -> JSONResponse:
         headers[name.lower()] = value
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
     headers["x-should-retry"] = "true" if retryable else "false"
-    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+    body = detail_body(exc, status) if detail else error_body(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
-    async def gateway_error(_request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+    async def gateway_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, detail=detail_style(request))
 
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if detail_style(request):  # FastAPI's own body, without echoing the input back
+            errors = [{k: v for k, v in e.items() if k not in ("input", "url")}
+                      for e in exc.errors()]
+            return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422,
+                                headers={"x-should-retry": "false"})
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]
         param = ".".join(loc) or None
         message = f"Invalid {param}: {err.get('msg')}" if param else str(err.get("msg"))
         return error_response(ge.InvalidRequest(message, param=param))
 
-    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
+        if detail_style(request):
+            return JSONResponse({"detail": exc.detail}, status_code=status,
+                                headers={"x-should-retry": "false"})
         type_ = "invalid_request_error" if status < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(status)
         return JSONResponse(envelope(str(exc.detail), type_, None, code), status_code=status,
                             headers={"x-should-retry": "false"})
 
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
+        if detail_style(request):
+            return JSONResponse({"detail": "Internal Server Error"}, status_code=500,
+                                headers={"x-should-retry": "false"})
         # not retried by SDKs: a creating call may already have made (and billed) a job
         return JSONResponse(envelope("The server had an error while processing your request.",
                                      "server_error", None, "internal_error"), status_code=500,

@@ -1,0 +1,175 @@
+"""BFL-style async API: POST /v1/flux-kontext-{pro,max,dev} and GET /v1/get_result.
+
+The wire shapes follow Black Forest Labs' API (docs.bfl.ml, OpenAPI `AsyncResponse` and
+`ResultResponse`; see /work/shared/reference/upstreams.md §1), so code written against BFL
+only changes its base URL and key:
+
+* create: header `x-key` (or `Authorization: Bearer`), JSON `{prompt, input_image?,
+  input_image_2..4?, aspect_ratio?, seed?, output_format?, safety_tolerance?,
+  prompt_upsampling?, webhook_url?, webhook_secret?}`; the job is created (price reserved)
+  and the answer is immediate: `{"id", "polling_url", "cost", "input_mp", "output_mp"}`.
+  `cost` is our price in hundredths of the billing currency (BFL: credits, 1 credit = $0.01,
+  so with a USD price table it reads the same); `input_mp`/`output_mp` are null.
+* poll: `GET /v1/get_result?id=<id>` (the absolute `polling_url`, on `public_base_url`)
+  answers `{"id", "status", "result", "progress", "details", "preview"}` with status `Pending`,
+  `Ready` (`result.sample` = our signed file URL, plus `seed`, `prompt`, `start_time`,
+  `end_time`, `duration`), `Request Moderated`, `Content Moderated`, `Error` or `Task not
+  found` (HTTP 404; also for another key's job). Polls are not counted against the key's
+  requests-per-minute limit (clients poll every 0.5 s).
+
+Errors on these routes are FastAPI/BFL-style `{"detail": ...}` (see `gateway/api/errors.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.api.deps import LimitedPrincipalDep, Principal, PrincipalDep, Services, ServicesDep
+from gateway.api.errors import DetailErrorRoute
+from gateway.api.guards import Gate, idempotent
+from gateway.api.images import DeskDep, customer_of
+from gateway.jobs import intake
+from gateway.jobs.model import JobStatus, Stage
+from gateway.jobs.orders import Order, OrderDesk
+from gateway.jobs.tables import JobRow
+
+router = APIRouter(route_class=DetailErrorRoute, tags=["bfl"])
+
+#: the BFL endpoints we serve, and our canonical model for each
+MODEL_PATHS = {"flux-kontext-pro": "flux-kontext-pro", "flux-kontext-max": "flux-kontext-max",
+               "flux-kontext-dev": "flux-kontext-dev"}
+
+#: coarse progress of a running job by stage (upstreams report none we keep)
+_PROGRESS = {Stage.ROUTED.value: 0.05, Stage.SUBMITTED.value: 0.1,
+             Stage.UPSTREAM_DONE.value: 0.9, Stage.STORED.value: 0.95}
+
+
+class BflKontextRequest(BaseModel):
+    """BFL's Kontext input (`FluxKontextProInputs`); unknown fields are accepted and ignored,
+    `guidance` and `steps` (sent through the Comfy proxy schema) are passed on as extras."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str
+    input_image: str | None = None
+    input_image_2: str | None = None
+    input_image_3: str | None = None
+    input_image_4: str | None = None
+    seed: int | None = None
+    aspect_ratio: str | None = None
+    output_format: str | None = None
+    webhook_url: str | None = Field(default=None, max_length=2083)
+    webhook_secret: str | None = None
+    prompt_upsampling: bool | None = None
+    safety_tolerance: int | None = Field(default=None, ge=0, le=6)
+    guidance: float | None = None
+    steps: int | None = None
+
+
+def polling_url(services: Services, job_id: str) -> str:
+    """Where a client polls a job: absolute, on the public base URL."""
+    return f"{services.settings.resolved_public_base_url}/v1/get_result?id={job_id}"
+
+
+def _make_create(model: str) -> Callable[..., Awaitable[Response]]:
+    async def create(request: Request, body: BflKontextRequest, principal: LimitedPrincipalDep,
+                     services: ServicesDep, desk: DeskDep) -> Response:
+        return await idempotent(request, principal, services,
+                                lambda gate: _create(gate, model, body, principal, services,
+                                                     desk))
+
+    create.__name__ = f"bfl_{model.replace('-', '_')}"
+    create.__doc__ = (f"Create a {model} task (BFL-style); answers at once with its id and "
+                      "polling_url.")
+    return create
+
+
+for _path, _model in MODEL_PATHS.items():
+    router.add_api_route(f"/v1/{_path}", _make_create(_model), methods=["POST"],
+                         summary=f"BFL-style {_path}")
+
+
+async def _create(gate: Gate, model: str, body: BflKontextRequest, principal: Principal,
+                  services: Services, desk: OrderDesk) -> JSONResponse:
+    principal.check_model(model)
+    webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,
+                                                                 body.webhook_secret)
+    refs = intake.collect_image_refs(body.model_dump())
+    extra: dict[str, Any] = {}
+    if body.guidance is not None:
+        extra["guidance"] = body.guidance
+    if body.steps is not None:
+        extra["steps"] = body.steps
+    order = Order(
+        model=model, prompt=body.prompt, seed=intake.parse_seed(body.seed),
+        operation="edit" if refs else "generate", surface="bfl",
+        aspect_ratio=intake.choose_aspect_ratio(aspect_ratio=body.aspect_ratio, size=None),
+        output_format=intake.parse_output_format(body.output_format),
+        safety_tolerance=intake.parse_safety(body.safety_tolerance),
+        prompt_upsampling=bool(body.prompt_upsampling), extra=extra,
+        image_refs=refs, webhook_url=webhook_url, webhook_secret=webhook_secret)
+    rows = await gate.place(desk, customer_of(principal), order)
+    row = rows[0]
+    return JSONResponse({"id": row.id, "polling_url": polling_url(services, row.id),
+                         "cost": row.price / 10_000, "input_mp": None, "output_mp": None})
+
+
+def _unix(row: JobRow, attr: str) -> float | None:
+    value = getattr(row, attr)
+    return round(value.timestamp(), 3) if value is not None else None
+
+
+def _moderation_status(row: JobRow) -> str:
+    """`Request Moderated` (the input was refused) or `Content Moderated` (the output was).
+    Upstreams that say which keep it in the message (BFL's adapter and the sandbox prefix its
+    status); a job refused before any upstream took it is a refused request; any other
+    moderation happened to the output."""
+    message = row.error_message or ""
+    if "Request Moderated" in message:
+        return "Request Moderated"
+    if "Content Moderated" in message or row.upstream_id:
+        return "Content Moderated"
+    return "Request Moderated"
+
+
+def result_body(services: Services, row: JobRow) -> dict[str, Any]:
+    """BFL's `ResultResponse` for a job of the caller."""
+    body: dict[str, Any] = {"id": row.id, "status": "Pending", "result": None,
+                            "progress": None, "details": None, "preview": None}
+    status = JobStatus(row.status)
+    if status is JobStatus.SUCCEEDED and row.outputs:
+        output = row.outputs[0]
+        start, end = _unix(row, "created_at"), _unix(row, "finished_at")
+        body.update(status="Ready", progress=1.0, result={
+            "sample": services.files.url(output["file_id"], output["ext"]),
+            "seed": row.seed, "prompt": row.prompt, "start_time": start, "end_time": end,
+            "duration": round(end - start, 3) if start is not None and end is not None
+            else None})
+    elif status.terminal:
+        details: dict[str, Any] = {"code": row.error_code, "message": row.error_message}
+        if row.error_code == "content_policy_violation":
+            body["status"] = _moderation_status(row)
+            details["Moderation Reasons"] = [row.error_message or "flagged"]
+        else:
+            body["status"] = "Error"
+        body["details"] = details
+    else:
+        body["progress"] = _PROGRESS.get(row.stage, 0.0)
+    return body
+
+
+@router.get("/v1/get_result")
+async def get_result(principal: PrincipalDep, services: ServicesDep,
+                     id: Annotated[str, Query(max_length=100)]) -> JSONResponse:
+    """The state of a task this key created; `Task not found` (404) for any other id."""
+    row = await services.jobs.get(id)
+    if row is None or row.key_id != principal.key_id:
+        return JSONResponse({"id": id, "status": "Task not found", "result": None,
+                             "progress": None, "details": None, "preview": None},
+                            status_code=404)
+    return JSONResponse(result_body(services, row))
