@@ -20,13 +20,13 @@ from pydantic import (
 Loose = int | float | str | bool | None
 
 
-class ImageGenerationRequest(BaseModel):
-    """POST /v1/images/generations (OpenAI fields plus the Kontext fields at the top level)."""
+class KontextImageFields(BaseModel):
+    """The fields both images endpoints share: OpenAI's, the Kontext extras at the top level
+    (where the SDKs put `extra_body`) and the webhook. Unknown fields are accepted."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    prompt: str = Field(min_length=1)
     n: Loose = None
     size: str | None = None
     response_format: str | None = None
@@ -36,12 +36,18 @@ class ImageGenerationRequest(BaseModel):
     output_format: str | None = None
     safety_tolerance: Loose = None
     prompt_upsampling: Loose = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+
+
+class ImageGenerationRequest(KontextImageFields):
+    """POST /v1/images/generations (OpenAI fields plus the Kontext fields at the top level)."""
+
+    prompt: str = Field(min_length=1)
     input_image: str | None = None
     input_image_2: str | None = None
     input_image_3: str | None = None
     input_image_4: str | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = None
 
 
 class Image(BaseModel):
@@ -196,28 +202,14 @@ def drop_none(data: dict[str, Any]) -> dict[str, Any]:
 ImageRef = str | dict[str, str | None]
 
 
-class ImageEditRequest(BaseModel):
+class ImageEditRequest(KontextImageFields):
     """POST /v1/images/edits: the JSON body, or the text parts of the multipart form (whose
     files are collected separately). Images are URLs, base64 or data URLs: `image` (one or a
     list), or OpenAI's JSON shape `images: [{"image_url": ...}]`; `mask` likewise."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
     prompt: str | None = None
-    n: Loose = None
-    size: str | None = None
-    response_format: str | None = None
-    user: str | None = None
-    aspect_ratio: str | None = None
-    seed: Loose = None
-    output_format: str | None = None
-    safety_tolerance: Loose = None
-    prompt_upsampling: Loose = None
     guidance: Loose = None
     steps: Loose = None
     image: ImageRef | list[ImageRef] | None = None
     images: list[ImageRef] | None = None
     mask: ImageRef | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = None
