@@ -1,12 +1,14 @@
-"""Exception -> HTTP answer, in one table. Every error is the OpenAI envelope
-`{"error": {"message", "type", "param", "code"}}`; errors that would fail again carry
+"""Exception -> HTTP answer, in one table. Errors are rendered per route family: the OpenAI
+envelope `{"error": {"message", "type", "param", "code"}}` everywhere, except under
+`/replicate/` where they are Replicate's RFC 7807-style `{"title", "detail", "status"}` (with
+input errors as 422, as Replicate answers them). Errors that would fail again carry
 `x-should-retry: false`."""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +27,17 @@ from billing.errors import RateLimited as KeyRateLimited
 from gateway import errors as ge
 
 log = logging.getLogger(__name__)
+
+Family = Literal["openai", "replicate"]
+#: path prefix -> route family whose error body is not the OpenAI envelope
+FAMILIES: dict[str, Family] = {"/replicate/": "replicate"}
+#: Replicate-style titles by status (RFC 7807 `title`)
+TITLES = {400: "Bad request", 401: "Unauthenticated", 402: "Insufficient credit",
+          403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
+          413: "Payload too large", 415: "Unsupported media type",
+          422: "Input validation failed", 429: "Request was throttled",
+          500: "Internal server error", 502: "Upstream error", 503: "Service unavailable",
+          504: "Gateway timeout"}
 
 #: exception class -> (status, OpenAI error type); the first matching class wins (MRO order)
 STATUS: dict[type[Exception], tuple[int, str]] = {
@@ -92,8 +105,26 @@ def stream_error_event(exc: Exception) -> str:
     return f"data: {json.dumps(error_body(exc))}\n\n"
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """The HTTP answer for a gateway or billing error."""
+def family_of(path: str) -> Family:
+    """The route family of a request path (which error body it gets)."""
+    return next((f for prefix, f in FAMILIES.items() if path.startswith(prefix)), "openai")
+
+
+def replicate_body(status: int, detail: str) -> dict[str, Any]:
+    return {"title": TITLES.get(status, "Error"), "detail": detail, "status": status}
+
+
+def _render(status: int, body: dict[str, Any], family: Family) -> tuple[int, dict[str, Any]]:
+    """`(status, body)` for `family`, from the OpenAI-envelope answer `body`."""
+    if family == "openai":
+        return status, body
+    if status == 400 and body["error"]["code"] not in ("content_policy_violation",):
+        status = 422  # Replicate answers invalid input with 422
+    return status, replicate_body(status, body["error"]["message"])
+
+
+def error_response(exc: Exception, family: Family = "openai") -> JSONResponse:
+    """The HTTP answer for a gateway or billing error, in `family`'s error body."""
     status, _ = status_for(exc)
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
@@ -103,37 +134,41 @@ def error_response(exc: Exception) -> JSONResponse:
         headers[name.lower()] = value
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
     headers["x-should-retry"] = "true" if retryable else "false"
-    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+    status, body = _render(status, error_body(exc), family)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
-    async def gateway_error(_request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+    async def gateway_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, family_of(request.url.path))
 
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]
         param = ".".join(loc) or None
         message = f"Invalid {param}: {err.get('msg')}" if param else str(err.get("msg"))
-        return error_response(ge.InvalidRequest(message, param=param))
+        return error_response(ge.InvalidRequest(message, param=param),
+                              family_of(request.url.path))
 
-    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
         type_ = "invalid_request_error" if status < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(status)
-        return JSONResponse(envelope(str(exc.detail), type_, None, code), status_code=status,
-                            headers={"x-should-retry": "false"})
+        status, body = _render(status, envelope(str(exc.detail), type_, None, code),
+                               family_of(request.url.path))
+        return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
 
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         # not retried by SDKs: a creating call may already have made (and billed) a job
-        return JSONResponse(envelope("The server had an error while processing your request.",
-                                     "server_error", None, "internal_error"), status_code=500,
-                            headers={"x-should-retry": "false"})
+        status, body = _render(500, envelope(
+            "The server had an error while processing your request.", "server_error", None,
+            "internal_error"), family_of(request.url.path))
+        return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
 
     app.add_exception_handler(ge.GatewayError, gateway_error)
     app.add_exception_handler(BillingError, gateway_error)
