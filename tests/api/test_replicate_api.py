@@ -189,3 +189,16 @@ def test_dev_fields_are_accepted(gateway: Gateway, api_key: str,
     image = fetch(prediction.output)
     assert image.size == (832, 1248) and image.format == "JPEG"
     assert center(image) == INVERTED
+
+
+def test_idempotency_key_replays_the_create(gateway: Gateway, api_key: str) -> None:
+    body = {"input": {"prompt": "a fox"}}
+    headers = {"idempotency-key": "replicate-1", "prefer": "wait"}
+    first = raw(gateway, api_key, "POST", f"/v1/models/{PRO}/predictions", json=body,
+                headers=headers)
+    again = raw(gateway, api_key, "POST", f"/v1/models/{PRO}/predictions", json=body,
+                headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["status"] == "succeeded"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers.get("idempotent-replayed") == "true"
