@@ -78,7 +78,8 @@ def test_create_and_wait_without_prefer(gateway: Gateway, api_key: str) -> None:
     assert prediction.input is not None and prediction.input["seed"] == 7
     assert fetch(prediction.output).size == (1024, 1024)
     again = c.predictions.get(prediction.id)
-    assert again.status == "succeeded" and again.output == prediction.output
+    assert again.status == "succeeded"  # the same file; its signature may be renewed
+    assert again.output.split("?")[0] == prediction.output.split("?")[0]
     assert again.metrics and again.metrics["image_count"] == 1
 
 
