@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
 from gateway import __version__
-from gateway.api import admin, bfl, chat, edits, errors, files, health, images, usage
+from gateway.api import admin, bfl, chat, edits, errors, files, health, images, replicate, usage
 from gateway.api.deps import Services
 from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
@@ -121,6 +121,6 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_credentials=False)
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
-    for module in (health, images, edits, chat, bfl, files, usage, admin):
+    for module in (health, images, edits, chat, bfl, replicate, files, usage, admin):
         app.include_router(module.router)
     return app

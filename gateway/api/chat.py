@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -38,6 +37,7 @@ from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesD
 from gateway.api.errors import stream_error_event
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
+from gateway.api.own_files import attach_refs
 from gateway.api.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -50,14 +50,13 @@ from gateway.api.schemas import (
     CompletionUsage,
     ImageURL,
 )
-from gateway.errors import GatewayError, InvalidRequest, NotFound, Timeout
+from gateway.errors import GatewayError, Timeout
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
 from gateway.jobs.orders import Order, OrderDesk
 from gateway.jobs.service import job_error
 from gateway.jobs.tables import JobRow
 from gateway.models import resolve_model
-from gateway.storage.base import ObjectMissing
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -111,52 +110,6 @@ def finished(row: JobRow) -> JobRow:
         raise job_error(row)
     raise Timeout("The image is not ready yet; it keeps running and will be stored.",
                   code="timeout")
-
-
-async def own_file(services: Services, principal: Principal, url: str) -> bytes | None:
-    """The bytes of a gateway file URL (`{public base}/files/{id}.{ext}?exp&sig`) read from
-    storage, or None for any other URL. The file must belong to the caller's key, or the URL
-    must carry a valid signature; raises InvalidRequest otherwise or when the file is gone."""
-    signer = services.files.signer
-    if not url.startswith(f"{signer.base_url}/files/"):
-        return None
-    parts = urlsplit(url)
-    name = parts.path.rsplit("/", 1)[-1]
-    file_id = name.partition(".")[0]
-    query = parse_qs(parts.query)
-    try:
-        exp = int(query.get("exp", ["0"])[0])
-    except ValueError:
-        exp = 0
-    try:
-        row, data = await services.files.read(file_id)
-    except (NotFound, ObjectMissing) as exc:
-        raise InvalidRequest(f"{PARAM}: the image {url} no longer exists on this gateway.",
-                             param=PARAM, code="invalid_image_url") from exc
-    signed = signer.verify(name, exp, query.get("sig", [""])[0])
-    if not signed and row.key_id != principal.key_id:
-        raise InvalidRequest(f"{PARAM}: the image URL {url} has expired or belongs to "
-                             "another key.", param=PARAM, code="invalid_image_url")
-    return data
-
-
-async def attach_images(services: Services, principal: Principal, wanted: ChatInput,
-                        order: Order) -> None:
-    """Put the conversation's images on `order`, in order. Gateway file URLs are read from
-    storage (never fetched over HTTP); other references go to the OrderDesk's fetcher."""
-    refs = [(f"{PARAM}[image {i}]", ref) for i, ref in enumerate(wanted.images)]
-    own = [await own_file(services, principal, ref) for _, ref in refs]
-    if all(data is None for data in own):
-        order.image_refs = refs
-        return
-    limit = services.settings.limits.max_input_images
-    if len(refs) > limit:
-        raise InvalidRequest(f"Too many input images: {len(refs)}; at most {limit} per "
-                             "request.", param=PARAM, code="too_many_images")
-    for (param, ref), data in zip(refs, own, strict=True):
-        if data is None:
-            data = await services.fetcher.load(ref, param=param)
-        order.image_blobs.append((param, data))
 
 
 async def events(services: Services, reply: Reply, job_id: str, prompt: str,
@@ -227,7 +180,9 @@ async def _place(gate: Gate, body: ChatCompletionRequest, principal: Principal,
         prompt_upsampling=intake.parse_bool(body.prompt_upsampling or False,
                                             param="prompt_upsampling"),
         surface="openai.chat")
-    await attach_images(services, principal, wanted, order)
+    # gateway file URLs are read from storage (never fetched over HTTP)
+    refs = [(f"{PARAM}[image {i}]", ref) for i, ref in enumerate(wanted.images)]
+    await attach_refs(services, principal, refs, order, param=PARAM)
     [row] = await gate.place(desk, customer_of(principal), order)
     reply = Reply(id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()),
                   model=body.model or model)

@@ -72,10 +72,11 @@ class Principal:
 
 
 def presented_key(request: Request) -> str | None:
-    """The key from `Authorization: Bearer`, `x-api-key` or BFL's `x-key`."""
+    """The key from `Authorization: Bearer` (or Replicate's older `Token`), `x-api-key` or
+    BFL's `x-key`."""
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():
         return value.strip()
     for header in ("x-api-key", "x-key"):
         if request.headers.get(header):

@@ -1,9 +1,9 @@
 """Exception -> HTTP answer, in one table. Errors that would fail again carry
-`x-should-retry: false`.
-
-Two body styles, chosen per route family:
+`x-should-retry: false`. The body style depends on the route family:
 
 * the OpenAI envelope `{"error": {"message", "type", "param", "code"}}` everywhere by default;
+* under `/replicate/`, Replicate's RFC 7807-style `{"title", "detail", "status"}` (input errors
+  as 422, as Replicate answers them);
 * FastAPI's `{"detail": ...}` on routes declared with `route_class=DetailErrorRoute` (the
   BFL-style API, whose clients read `detail`, as BFL itself answers). There a missing or bad
   key is 403 (BFL answers 403 "Not authenticated - Invalid Authentication"), and invalid input
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -36,6 +36,17 @@ from billing.errors import RateLimited as KeyRateLimited
 from gateway import errors as ge
 
 log = logging.getLogger(__name__)
+
+Family = Literal["openai", "replicate", "detail"]
+#: path prefix -> route family whose error body is not the OpenAI envelope
+FAMILIES: dict[str, Family] = {"/replicate/": "replicate"}
+#: Replicate-style titles by status (RFC 7807 `title`)
+TITLES = {400: "Bad request", 401: "Unauthenticated", 402: "Insufficient credit",
+          403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
+          413: "Payload too large", 415: "Unsupported media type",
+          422: "Input validation failed", 429: "Request was throttled",
+          500: "Internal server error", 502: "Upstream error", 503: "Service unavailable",
+          504: "Gateway timeout"}
 
 #: exception class -> (status, OpenAI error type); the first matching class wins (MRO order)
 STATUS: dict[type[Exception], tuple[int, str]] = {
@@ -77,7 +88,7 @@ class DetailErrorRoute(APIRoute):
 
 def detail_style(request: Request) -> bool:
     """Whether `request` was routed to a `DetailErrorRoute`."""
-    return isinstance(request.scope.get("route"), DetailErrorRoute)
+    return family_of(request) == "detail"
 
 
 #: detail style: exception class -> status, where it differs from STATUS (first MRO match)
@@ -146,10 +157,30 @@ def detail_body(exc: Exception, status: int) -> dict[str, Any]:
     return {"detail": message}
 
 
-def error_response(exc: Exception, *, detail: bool = False) -> JSONResponse:
-    """The HTTP answer for a gateway or billing error; `detail` selects the `{"detail": ...}`
-    style (see the module docstring)."""
-    status = detail_status_for(exc) if detail else status_for(exc)[0]
+def family_of(request: Request) -> Family:
+    """The route family of a request (which error body it gets)."""
+    if isinstance(request.scope.get("route"), DetailErrorRoute):
+        return "detail"
+    path = request.url.path
+    return next((f for prefix, f in FAMILIES.items() if path.startswith(prefix)), "openai")
+
+
+def replicate_body(status: int, detail: str) -> dict[str, Any]:
+    return {"title": TITLES.get(status, "Error"), "detail": detail, "status": status}
+
+
+def _render(status: int, body: dict[str, Any], family: Family) -> tuple[int, dict[str, Any]]:
+    """`(status, body)` for `family`, from the OpenAI-envelope answer `body`."""
+    if family != "replicate":
+        return status, body
+    if status == 400 and body["error"]["code"] not in ("content_policy_violation",):
+        status = 422  # Replicate answers invalid input with 422
+    return status, replicate_body(status, body["error"]["message"])
+
+
+def error_response(exc: Exception, family: Family = "openai") -> JSONResponse:
+    """The HTTP answer for a gateway or billing error, in `family`'s error body."""
+    status = detail_status_for(exc) if family == "detail" else status_for(exc)[0]
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
@@ -158,7 +189,10 @@ def error_response(exc: Exception, *, detail: bool = False) -> JSONResponse:
         headers[name.lower()] = value
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
     headers["x-should-retry"] = "true" if retryable else "false"
-    body = detail_body(exc, status) if detail else error_body(exc)
+    if family == "detail":
+        body = detail_body(exc, status)
+    else:
+        status, body = _render(status, error_body(exc), family)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -166,7 +200,7 @@ def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
     async def gateway_error(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc, detail=detail_style(request))
+        return error_response(exc, family_of(request))
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -179,7 +213,8 @@ def install(app: FastAPI) -> None:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]
         param = ".".join(loc) or None
         message = f"Invalid {param}: {err.get('msg')}" if param else str(err.get("msg"))
-        return error_response(ge.InvalidRequest(message, param=param))
+        return error_response(ge.InvalidRequest(message, param=param),
+                              family_of(request))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -189,8 +224,9 @@ def install(app: FastAPI) -> None:
                                 headers={"x-should-retry": "false"})
         type_ = "invalid_request_error" if status < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(status)
-        return JSONResponse(envelope(str(exc.detail), type_, None, code), status_code=status,
-                            headers={"x-should-retry": "false"})
+        status, body = _render(status, envelope(str(exc.detail), type_, None, code),
+                               family_of(request))
+        return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
@@ -198,9 +234,10 @@ def install(app: FastAPI) -> None:
             return JSONResponse({"detail": "Internal Server Error"}, status_code=500,
                                 headers={"x-should-retry": "false"})
         # not retried by SDKs: a creating call may already have made (and billed) a job
-        return JSONResponse(envelope("The server had an error while processing your request.",
-                                     "server_error", None, "internal_error"), status_code=500,
-                            headers={"x-should-retry": "false"})
+        status, body = _render(500, envelope(
+            "The server had an error while processing your request.", "server_error", None,
+            "internal_error"), family_of(request))
+        return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
 
     app.add_exception_handler(ge.GatewayError, gateway_error)
     app.add_exception_handler(BillingError, gateway_error)

@@ -21,7 +21,7 @@ from billing.errors import IdempotencyInProgress, IdempotencyMismatch, RateLimit
 from billing.idempotency import ClaimState
 from billing.usage import in_flight_jobs
 from gateway.api.deps import Principal, Services
-from gateway.api.errors import detail_style, error_response
+from gateway.api.errors import error_response, family_of
 from gateway.errors import Timeout
 from gateway.jobs.orders import Customer, Order, OrderDesk
 from gateway.jobs.tables import JobRow
@@ -88,6 +88,7 @@ async def idempotent(request: Request, principal: Principal, services: Services,
     the same key with a different body 422. Without the header, `work` simply runs.
     `canonical` replaces the raw body as what identifies the request (multipart bodies)."""
     gate = Gate(services, principal)
+    family = family_of(request)
     idem_key = request.headers.get("idempotency-key")
     if idem_key is None:
         return _with_rate_headers(request, await work(gate))
@@ -113,14 +114,14 @@ async def idempotent(request: Request, principal: Principal, services: Services,
         if not gate.started:  # nothing was created or charged: forget the key
             await _abandon(services, principal.key_id, idem_key)
             raise
-        response = error_response(exc, detail=detail_style(request))
+        response = error_response(exc, family)
     except BaseException:  # cancelled (shutdown, disconnect)
         if not gate.started:
             await asyncio.shield(_abandon(services, principal.key_id, idem_key))
         else:  # the jobs run on: store the answer a long wait gets, never leave it in_progress
             cut_off = error_response(Timeout(
                 "The request was interrupted before the image was ready; it keeps running "
-                "and will be stored.", code="timeout"), detail=detail_style(request))
+                "and will be stored.", code="timeout"), family)
             task = asyncio.ensure_future(
                 _complete(services, principal.key_id, idem_key, gate, cut_off))
             services.pending_writes.add(task)  # shutdown waits for it before closing the DB

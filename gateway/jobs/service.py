@@ -112,6 +112,7 @@ class JobService:
         self.settings = settings
         self.moderation_fee = moderation_fee
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._done: dict[str, asyncio.Event] = {}
         # stage changes not worth a transaction of their own: written with the job's next write
         self._deferred: dict[str, tuple[dict[str, Any], list[dict[str, str]]]] = {}
@@ -161,7 +162,35 @@ class JobService:
         self._done.setdefault(job_id, asyncio.Event())
         task = asyncio.create_task(self._run_guarded(job_id), name=f"job:{job_id}")
         self._tasks.add(task)
+        self._running[job_id] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(
+            lambda t: self._running.pop(job_id) if self._running.get(job_id) is t else None)
+
+    async def cancel(self, job_id: str) -> JobRow | None:
+        """Cancel a job that is not terminal yet: it becomes `canceled` and its reservation is
+        released (nothing is charged); its task is stopped and its upstream job, if one was
+        submitted, is asked to cancel (best effort). A terminal job is left as it is. Answers
+        the job as it stands afterwards (None for an unknown id). Only a job running in this
+        process is stopped; on another replica it would run on (its result then unused)."""
+        row = await self.get(job_id)
+        if row is None or JobStatus(row.status).terminal:
+            return row
+        # stop the task first, so it cannot write over the canceled state (its own writes
+        # are unguarded); a job it finished meanwhile stays finished (_finish is guarded)
+        task = self._running.get(job_id)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if await self._finish(job_id, row.key_id, JobStatus.CANCELED, code="canceled",
+                              message="The job was canceled by the client."):
+            row = await self.get(job_id)
+            channel = self.router.get(row.channel) if row and row.channel else None
+            if row is not None and row.upstream_id and channel is not None:
+                await self._cancel_upstream(channel, UpstreamJob(
+                    id=row.upstream_id, poll_url=row.poll_url,
+                    handle=dict(row.upstream_handle or {})))
+        return await self.get(job_id)
 
     # -- waiting --------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRow | None:

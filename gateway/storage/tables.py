@@ -14,7 +14,7 @@ class FileRow(GatewayBase):
     __tablename__ = "files"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # output | input | mask
+    kind: Mapped[str] = mapped_column(String(16))  # output | input | mask | upload
     job_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
     key_id: Mapped[str | None] = mapped_column(String(32), default=None)
     ext: Mapped[str] = mapped_column(String(8))
