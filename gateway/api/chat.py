@@ -33,7 +33,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from billing.errors import BillingError
 from gateway.api.chat_input import ChatInput, chat_input
-from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
+from gateway.api.deps import (
+    LimitedPrincipalDep,
+    Principal,
+    Services,
+    ServicesDep,
+    from_sandbox,
+)
 from gateway.api.errors import stream_error_event
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
@@ -98,8 +104,9 @@ def result_images(services: Services, row: JobRow) -> list[ChatCompletionContent
         url=services.files.url(output["file_id"], output["ext"]))) for output in row.outputs]
 
 
-def markdown(images: list[ChatCompletionContentPartImage]) -> str:
-    return "\n\n".join(f"![image]({image.image_url.url})" for image in images)
+def markdown(images: list[ChatCompletionContentPartImage], sandbox: bool = False) -> str:
+    alt = "image (sandbox: synthetic, not a model's output)" if sandbox else "image"
+    return "\n\n".join(f"![{alt}]({image.image_url.url})" for image in images)
 
 
 def finished(row: JobRow) -> JobRow:
@@ -135,7 +142,8 @@ async def events(services: Services, reply: Reply, job_id: str, prompt: str,
                     yield reply.chunk(ChoiceDelta(content=f"Status: {status}…\n\n"))
                 yield ": ping\n\n"
             images = result_images(services, finished(row))
-            yield reply.chunk(ChoiceDelta(content=markdown(images), images=images))
+            content = markdown(images, from_sandbox(services, row.channel))
+            yield reply.chunk(ChoiceDelta(content=content, images=images))
             yield reply.chunk(ChoiceDelta(), finish_reason="stop")
             if include_usage:
                 yield reply.usage_chunk(usage_for(prompt, len(images)))
@@ -205,7 +213,7 @@ async def _complete(gate: Gate, body: ChatCompletionRequest, principal: Principa
     images = result_images(services, finished(row))
     completion = ChatCompletion(
         id=reply.id, created=reply.created, model=reply.model,
-        choices=[Choice(message=ChatCompletionMessage(content=markdown(images),
-                                                      images=images))],
+        choices=[Choice(message=ChatCompletionMessage(
+            content=markdown(images, from_sandbox(services, row.channel)), images=images))],
         usage=usage_for(wanted.prompt, len(images)))
     return JSONResponse(completion.model_dump(mode="json"))

@@ -44,6 +44,12 @@ class Services:
     pending_writes: set[asyncio.Future[None]] = field(default_factory=set)
 
 
+def from_sandbox(services: Services, channel: str | None) -> bool:
+    """Whether a job's channel is the sandbox (its results are labelled as such)."""
+    found = services.router.get(channel) if channel else None
+    return found is not None and found.kind == "sandbox"
+
+
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services

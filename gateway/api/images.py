@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
+from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep, from_sandbox
 from gateway.api.guards import Gate, idempotent
 from gateway.api.schemas import ImageGenerationRequest
 from gateway.errors import InvalidRequest, Timeout
@@ -69,8 +69,11 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
                 _, blob = await services.files.read(output["file_id"])
                 item["b64_json"] = base64.b64encode(blob).decode()
             data.append(item)
-    return {"created": int(time.time()), "data": data, "output_format": first["ext"],
-            "size": f"{first['width']}x{first['height']}"}
+    answer = {"created": int(time.time()), "data": data, "output_format": first["ext"],
+              "size": f"{first['width']}x{first['height']}"}
+    if any(from_sandbox(services, row.channel) for row in done):
+        answer["sandbox"] = True  # synthetic images from the sandbox upstream, not a model
+    return answer
 
 
 @router.post("/v1/images/generations")

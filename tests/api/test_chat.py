@@ -20,7 +20,7 @@ from gateway.jobs.tables import JobRow
 from tests.conftest import Gateway, ImageServer, png_bytes
 
 MODEL = "flux-kontext-pro"
-_MD_IMAGE = re.compile(r"^!\[image\]\((http://[^)]+/files/file_[^)]+)\)$")
+_MD_IMAGE = re.compile(r"^!\[image \(sandbox[^\]]*\]\((http://[^)]+/files/file_[^)]+)\)$")
 
 
 def client(gw: Gateway, key: str) -> openai.OpenAI:
@@ -377,7 +377,7 @@ def test_slow_job_keepalives_with_default_interval(gateway: Gateway, api_key: st
     assert times[-1] >= 25
     assert sum(1 for _, line in lines if line == ": ping") >= 2
     assert lines[-1][1] == "data: [DONE]"
-    assert any("![image](" in line for _, line in lines)
+    assert any("![image (sandbox" in line for _, line in lines)
 
 
 def test_progress_lines_and_short_keepalive(gateway_factory: Any) -> None:

@@ -67,6 +67,7 @@ def test_absent_response_format_fills_both_fields(gateway: Gateway, api_key: str
                             "output_format": "webp"}, timeout=30)
     assert resp.status_code == 200, resp.text
     item = resp.json()["data"][0]
+    assert resp.json()["sandbox"] is True  # labelled: synthetic images, not a model's
     assert item["url"] and item["b64_json"]
     assert Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).format == "WEBP"
     assert fetch_image(item["url"])[1] == base64.b64decode(item["b64_json"])
