@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -39,7 +40,9 @@ class Services:
     webhooks: WebhookService
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
-    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # admission per key
+    # admission per key; an entry lives only while some request holds or waits for its lock
+    key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary)
     #: writes that must land before shutdown closes the database (see api/guards.py)
     pending_writes: set[asyncio.Future[None]] = field(default_factory=set)
 
