@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,7 +23,8 @@ from gateway.images.fetch import ImageFetcher
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
-from gateway.settings import Settings
+from gateway.settings import ConfigError, Settings
+from gateway.storage.base import Storage
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
 from gateway.storage.signing import UrlSigner, load_or_create_secret
@@ -42,8 +44,42 @@ def redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _env_secret(field: str, var: str | None) -> str | None:
+    """The value of the environment variable named by setting `field`, if one is named."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"storage.s3.{field}: environment variable {var} is not set")
+    return value
+
+
+async def build_storage(settings: Settings) -> Storage:
+    """LocalStorage or a started S3Storage, as `storage.kind` says."""
+    if settings.storage.kind == "local":
+        return LocalStorage(settings.files_dir)
+    from gateway.storage.s3 import S3Storage  # aiobotocore only when S3 is configured
+
+    s3 = settings.storage.s3
+    assert s3.bucket  # StorageSettings validates it
+    storage = S3Storage(bucket=s3.bucket, prefix=s3.prefix, region=s3.region,
+                        endpoint_url=s3.endpoint_url,
+                        access_key=_env_secret("access_key_env", s3.access_key_env),
+                        secret_key=_env_secret("secret_key_env", s3.secret_key_env),
+                        addressing_style=s3.addressing_style)
+    await storage.start()
+    return storage
+
+
+async def close_storage(storage: Storage) -> None:
+    aclose = getattr(storage, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 async def build_services(settings: Settings) -> Services:
     """Create every long-lived component (call `close_services` to release them)."""
+    storage = await build_storage(settings)  # first: it may stop start-up (ConfigError)
     engine = make_engine(settings.resolved_database_url)
     if settings.auto_migrate:
         await upgrade(engine)
@@ -51,7 +87,6 @@ async def build_services(settings: Settings) -> Services:
     timeout = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
     http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200),
                              headers={"user-agent": f"fluxgate/{__version__}"})
-    storage = LocalStorage(settings.files_dir)
     secret = (settings.storage.signing_secret.encode() if settings.storage.signing_secret
               else load_or_create_secret(settings.data_dir / "secret.key"))
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
@@ -81,6 +116,7 @@ async def close_services(services: Services) -> None:
     await services.webhooks.close()
     await services.fetcher.aclose()
     await services.http.aclose()
+    await close_storage(services.files.storage)
     await services.engine.dispose()
 
 

@@ -60,15 +60,51 @@ class ChannelSettings(BaseModel):
         return {m: m for m in self.models or []}
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible bucket (AWS S3, MinIO, Cloudflare R2...). Secrets only by env var name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str | None = None  # required with storage.kind s3
+    prefix: str = ""  # key prefix inside the bucket, e.g. "fluxgate/"
+    region: str | None = None  # default: the AWS SDK's (AWS_REGION / AWS_DEFAULT_REGION...)
+    endpoint_url: str | None = None  # MinIO, R2, ...; default: AWS S3
+    access_key_env: str | None = None  # env var holding the access key id
+    secret_key_env: str | None = None  # env var holding the secret key
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"  # "path" for most MinIO
+
+    @field_validator("prefix")
+    @classmethod
+    def _clean_prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if v and any(part in ("", ".", "..") for part in v.split("/")):
+            raise ValueError("prefix must be '/'-separated names without '.', '..' or '//'")
+        return v
+
+    @model_validator(mode="after")
+    def _keys_come_in_pairs(self) -> S3Settings:
+        if bool(self.access_key_env) != bool(self.secret_key_env):
+            raise ValueError("access_key_env and secret_key_env must be set together "
+                             "(or neither, for the AWS SDK's default credential chain)")
+        return self
+
+
 class StorageSettings(BaseModel):
     """Where re-hosted files live and how their URLs are signed."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["local"] = "local"  # S3-compatible storage: not implemented yet
+    kind: Literal["local", "s3"] = "local"
     path: Path | None = None  # local: default $data_dir/files
+    s3: S3Settings = Field(default_factory=S3Settings)  # kind s3: the bucket
     url_ttl: int = Field(default=7 * 24 * 3600, ge=60)  # seconds a signed file URL stays valid
     signing_secret: str | None = None  # default: generated once into $data_dir/secret.key
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> StorageSettings:
+        if self.kind == "s3" and not self.s3.bucket:
+            raise ValueError("storage.s3.bucket is required when storage.kind is s3")
+        return self
 
 
 class JobSettings(BaseModel):
