@@ -34,6 +34,7 @@ from billing.errors import (
 )
 from billing.errors import RateLimited as KeyRateLimited
 from gateway import errors as ge
+from gateway.storage.base import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     IdempotencyInProgress: (409, "conflict_error"),
     IdempotencyMismatch: (422, "invalid_request_error"),
     BillingError: (400, "invalid_request_error"),
+    StorageError: (503, "service_unavailable"),  # the file store is unreachable: try later
 }
 CODES: dict[type[Exception], str] = {
     InvalidKey: "invalid_api_key",
@@ -119,6 +121,9 @@ def error_body(exc: Exception) -> dict[str, Any]:
     """The OpenAI error envelope for a gateway or billing error; any other exception is
     described as a generic server error (its text is not shown to clients)."""
     status, type_ = status_for(exc)
+    if isinstance(exc, StorageError):  # never show storage internals (paths, buckets)
+        return envelope("The file store is unavailable right now; try again later.",
+                        "service_unavailable", None, "storage_unavailable")
     if status == 500 and not isinstance(exc, ge.GatewayError | BillingError):
         return envelope("The server had an error while processing your request.",
                         "server_error", None, "internal_error")
@@ -241,6 +246,7 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(ge.GatewayError, gateway_error)
     app.add_exception_handler(BillingError, gateway_error)
+    app.add_exception_handler(StorageError, gateway_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

@@ -184,6 +184,16 @@ def test_gateway_stores_outputs_in_s3_and_serves_them(
     gone = httpx.get(url)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "file_not_found"
 
+    again = client.images.generate(model="flux-kontext-pro", prompt="a fox",
+                                   response_format="url")
+    for item in s3_admin.list_objects_v2(Bucket=bucket).get("Contents", []):
+        s3_admin.delete_object(Bucket=bucket, Key=item["Key"])
+    s3_admin.delete_bucket(Bucket=bucket)  # the store itself is gone: 503, nothing leaked
+    down = httpx.get(again.data[0].url or "")
+    assert down.status_code == 503, down.text
+    assert down.json()["error"]["code"] == "storage_unavailable"
+    assert bucket not in down.text
+
     storage = gw.services.files.storage
     assert isinstance(storage, S3Storage)
     gw.stop()  # close_services closes the S3 client
