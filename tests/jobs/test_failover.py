@@ -136,7 +136,7 @@ def test_payment_required_disables_the_channel_with_a_reason(gateway_factory: An
                                                              upstreams: Any) -> None:
     a, _b = upstreams
     a.fail = lambda _r: httpx.Response(402, json={"detail": "Insufficient credits"})
-    gw = start(gateway_factory)
+    gw = start(gateway_factory, priority=2)  # A is always tried first
     _, key = gw.create_key()
     for _ in range(8):
         assert generate(gw, key).status_code == 200
