@@ -36,7 +36,6 @@ import base64
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
 from adapters import transport
 from adapters.base import (
@@ -57,15 +56,9 @@ _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 _PENDING = frozenset({"Pending", "Processing", "Queued"})
 
 
-class BflOptions(BaseModel):
+class BflOptions(transport.QueueTimeouts):
     """Channel options for a BFL channel (all times in seconds)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    connect_timeout: float = Field(default=5.0, gt=0)
-    submit_timeout: float = Field(default=30.0, gt=0)
-    poll_timeout: float = Field(default=10.0, gt=0)
-    download_timeout: float = Field(default=30.0, gt=0)
     models: tuple[str, ...] = BFL_MODELS
 
 

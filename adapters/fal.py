@@ -41,7 +41,7 @@ import re
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from adapters import transport
 from adapters.base import (
@@ -68,15 +68,9 @@ _MAX_IMAGES = 4
 _MODERATION = re.compile(r"nsfw|content.?policy|moderat|safety|flagged", re.IGNORECASE)
 
 
-class FalOptions(BaseModel):
+class FalOptions(transport.QueueTimeouts):
     """Channel options for a fal channel (times in seconds)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    connect_timeout: float = Field(default=5.0, gt=0)
-    submit_timeout: float = Field(default=30.0, gt=0)
-    poll_timeout: float = Field(default=10.0, gt=0)
-    download_timeout: float = Field(default=30.0, gt=0)
     models: tuple[str, ...] = tuple(DEFAULT_ENDPOINTS)
     endpoints: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENDPOINTS))
     object_ttl: int | None = Field(default=None, ge=60)  # X-Fal-Object-Lifecycle-Preference

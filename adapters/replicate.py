@@ -43,7 +43,7 @@ import re
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from adapters import transport
 from adapters.base import (
@@ -79,17 +79,12 @@ _DEV_EXTRAS = {"guidance": "guidance", "num_inference_steps": "num_inference_ste
                "output_quality": "output_quality"}
 
 
-class ReplicateOptions(BaseModel):
-    """Channel options for a Replicate channel (times in seconds)."""
-
-    model_config = ConfigDict(extra="forbid")
+class ReplicateOptions(transport.QueueTimeouts):
+    """Channel options for a Replicate channel (times in seconds; `submit_timeout` applies
+    when `wait` is 0)."""
 
     wait: int = Field(default=60, ge=0, le=60)  # Prefer: wait=N on create; 0 = answer at once
     cancel_after: str | None = None  # Cancel-After header, e.g. "10m" (a deadline upstream)
-    connect_timeout: float = Field(default=5.0, gt=0)
-    submit_timeout: float = Field(default=30.0, gt=0)  # used when wait is 0
-    poll_timeout: float = Field(default=10.0, gt=0)
-    download_timeout: float = Field(default=30.0, gt=0)
     models: tuple[str, ...] = tuple(DEFAULT_MODEL_NAMES)
     model_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODEL_NAMES))
     multi_image_models: dict[str, str] = Field(

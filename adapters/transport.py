@@ -33,6 +33,7 @@ from typing import Any
 
 import anyio
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.base import (
     UpstreamAmbiguous,
@@ -41,6 +42,19 @@ from adapters.base import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+
+
+class QueueTimeouts(BaseModel):
+    """The time limits (seconds) every queue-style upstream's options share; unknown option
+    keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    submit_timeout: float = Field(default=30.0, gt=0)
+    poll_timeout: float = Field(default=10.0, gt=0)
+    download_timeout: float = Field(default=30.0, gt=0)
+
 
 #: Transport errors raised before any byte of the request left: safe to send elsewhere.
 _NOT_SENT: tuple[type[Exception], ...] = (
