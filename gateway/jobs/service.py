@@ -4,6 +4,10 @@ validate (intake) -> quote -> reserve -> route -> submit -> poll -> download and
 settle, or release on any failure. Once a job row exists, its failure is data on the job
 (status, error_code, error_message) and the money follows the job's state: a job is settled
 only after its image is stored, and released otherwise, never both (guarded transitions).
+
+The module is longer than our usual ~400 lines on purpose: every step that touches a job's
+state or money is here, where one reading shows all transitions. Pure work lives elsewhere:
+parsing in `intake.py`, channel choice in `routing.py`, pixels in `gateway/images/`.
 """
 
 from __future__ import annotations
