@@ -77,3 +77,22 @@ async def test_concurrency_in_redis_never_over_admits() -> None:
         await slots.release("k", f"j{i}")
     assert await slots.in_flight("k") == 0
     assert sum([await slots.acquire("k", f"x{i}", 3) for i in range(5)]) == 3
+
+
+REDIS_URL = __import__("os").environ.get("FLUXGATE_TEST_REDIS_URL")
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="FLUXGATE_TEST_REDIS_URL is not set")
+async def test_replicas_share_one_limit_through_a_real_redis() -> None:
+    """Two gateway replicas (two limiters) on one Redis: a burst of 100 spread over both
+    gets 20 through in all, not 20 each."""
+    import secrets
+
+    key = f"key_{secrets.token_hex(6)}"  # a fresh key: no state from earlier runs
+    first = RateLimiter(REDIS_URL, replicas=2)
+    second = RateLimiter(REDIS_URL, replicas=2)
+    decisions = await asyncio.gather(*((first if i % 2 else second).hit(key, 20)
+                                       for i in range(100)))
+    allowed = [d for d in decisions if d and d.allowed]
+    assert len(allowed) == 20
+    assert not any(d.degraded for d in decisions if d)  # decided by Redis, not a fallback
