@@ -19,6 +19,7 @@ import httpx
 
 from adapters.base import Adapter
 from adapters.bfl import BflAdapter, BflOptions
+from adapters.comfyui import ComfyUIAdapter, ComfyUIOptions
 from adapters.fal import FalAdapter, FalOptions
 from adapters.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleOptions
 from adapters.replicate import ReplicateAdapter, ReplicateOptions
@@ -48,6 +49,11 @@ def _fal(options: Mapping[str, Any], secret: str | None, base_url: str | None,
     return FalAdapter(FalOptions.model_validate(dict(options)), secret, base_url, client)
 
 
+def _comfyui(options: Mapping[str, Any], secret: str | None, base_url: str | None,
+             client: httpx.AsyncClient) -> Adapter:
+    return ComfyUIAdapter(ComfyUIOptions.model_validate(dict(options)), secret, base_url, client)
+
+
 def _openai(options: Mapping[str, Any], secret: str | None, base_url: str | None,
             client: httpx.AsyncClient) -> Adapter:
     return OpenAICompatibleAdapter(OpenAICompatibleOptions.model_validate(dict(options)), secret,
@@ -60,6 +66,7 @@ FACTORIES: dict[str, AdapterFactory] = {
     "replicate": _replicate,
     "fal": _fal,
     "openai": _openai,
+    "comfyui": _comfyui,
 }
 
 #: Types that cannot serve anything without a secret.

@@ -29,6 +29,7 @@ import base64
 import email.utils
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -167,25 +168,31 @@ async def poll_call(client: httpx.AsyncClient, method: str, url: str, *, deadlin
 
 
 async def download_output(client: httpx.AsyncClient, output: UpstreamOutput, *,
-                          deadline: float, connect: float = 5.0) -> bytes:
+                          deadline: float, connect: float = 5.0,
+                          headers: Mapping[str, str] | None = None) -> bytes:
     """An output's bytes: inline data as it is, else `download()` of its URL."""
     if output.data is not None:
         return output.data
     if not output.url:
         raise UpstreamUnavailable("output has neither data nor url", code="no_output")
-    return await download(client, output.url, deadline=deadline, connect=connect)
+    return await download(client, output.url, deadline=deadline, connect=connect,
+                          headers=headers)
 
 
 async def download(client: httpx.AsyncClient, url: str, *, deadline: float,
-                   connect: float = 5.0, max_bytes: int = DEFAULT_MAX_DOWNLOAD) -> bytes:
+                   connect: float = 5.0, max_bytes: int = DEFAULT_MAX_DOWNLOAD,
+                   headers: Mapping[str, str] | None = None) -> bytes:
     """The bytes at a result URL within a total `deadline` (seconds), following redirects.
+
+    `headers` is for a result on the channel's own host only (a self-hosted server behind an
+    authenticating proxy); never pass credentials for a host the upstream names.
 
     Raises UpstreamRejected (code `result_expired`) on 403/404/410, UpstreamRejected (code
     `result_too_large`) over `max_bytes`, and UpstreamUnavailable for anything else.
     """
     try:
         with anyio.fail_after(deadline):
-            async with client.stream("GET", url, follow_redirects=True,
+            async with client.stream("GET", url, follow_redirects=True, headers=headers,
                                      timeout=httpx.Timeout(deadline, connect=connect)) as resp:
                 if resp.status_code in _EXPIRED_STATUS:
                     raise UpstreamRejected(

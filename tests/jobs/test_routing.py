@@ -293,7 +293,7 @@ async def test_missing_secret_disables_with_reason(client: httpx.AsyncClient) ->
 @pytest.mark.parametrize("channel", [
     {"name": "x", "type": "bfl", "options": {"no_such_option": 1}},
     {"name": "x", "type": "openai"},  # no base_url
-    {"name": "x", "type": "comfyui"},
+    {"name": "x", "type": "local_worker"},  # no adapter in this build
 ])
 async def test_bad_channel_is_a_config_error(client: httpx.AsyncClient,
                                              channel: dict[str, Any]) -> None:
@@ -305,6 +305,7 @@ async def test_config_example_channels_build(client: httpx.AsyncClient) -> None:
     cfg = load_settings(EXAMPLE_CONFIG)
     env = {"BFL_API_KEY": "b", "FAL_KEY": "f", "REPLICATE_API_TOKEN": "r"}
     router = build_router(cfg, client, env=env, rng=random.Random(0))
-    assert {c.kind for c in router.channels} == {"bfl", "fal", "replicate", "openai", "sandbox"}
+    assert {c.kind for c in router.channels} == {"bfl", "fal", "replicate", "openai", "comfyui",
+                                                   "sandbox"}
     assert [c.name for c in router.candidates("flux-kontext-pro")] == ["bfl", "fal", "replicate"]
     assert router.test_channel is not None and router.test_channel.kind == "sandbox"
