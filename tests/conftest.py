@@ -17,10 +17,14 @@ from typing import Any
 import pytest
 import uvicorn
 from PIL import Image
+from sqlalchemy import select
 
 from billing import keys as key_service
+from billing.ledger import ledger_sum
+from billing.tables import ApiKeyRow, LedgerRow
 from gateway.api.deps import Services
 from gateway.app import create_app
+from gateway.jobs.tables import JobRow
 from gateway.settings import Settings, load_settings
 
 
@@ -62,6 +66,29 @@ class Gateway:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def jobs_of(gw: Gateway, key_id: str) -> list[JobRow]:
+    """A key's job rows, oldest first."""
+    async def go() -> list[JobRow]:
+        async with gw.services.sessions() as s:
+            return list((await s.execute(select(JobRow).where(JobRow.key_id == key_id)
+                                         .order_by(JobRow.created_at))).scalars())
+    result: list[JobRow] = gw.call(go())
+    return result
+
+
+def ledger_of(gw: Gateway, key_id: str) -> tuple[int, int, list[tuple[str, int]]]:
+    """(balance, sum of ledger rows, [(kind, amount)] in order) of a key."""
+    async def go() -> tuple[int, int, list[tuple[str, int]]]:
+        async with gw.services.sessions() as s:
+            row = await s.get(ApiKeyRow, key_id)
+            assert row is not None
+            rows = (await s.execute(select(LedgerRow).where(LedgerRow.key_id == key_id)
+                                    .order_by(LedgerRow.id))).scalars()
+            return row.balance, await ledger_sum(s, key_id), [(r.kind, r.amount) for r in rows]
+    result: tuple[int, int, list[tuple[str, int]]] = gw.call(go())
+    return result
 
 
 def _free_socket() -> socket.socket:

@@ -10,11 +10,8 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import select
 
-from billing.ledger import ledger_sum
-from billing.tables import ApiKeyRow, LedgerRow
-from tests.conftest import Gateway, ImageServer, png_bytes
+from tests.conftest import Gateway, ImageServer, ledger_of, png_bytes
 
 TERMINAL = {"Ready", "Error", "Request Moderated", "Content Moderated", "Task not found"}
 
@@ -49,17 +46,6 @@ def download(url: str) -> Image.Image:
     assert resp.status_code == 200, resp.text
     return Image.open(io.BytesIO(resp.content))
 
-
-def ledger_of(gw: Gateway, key_id: str) -> tuple[int, int, list[tuple[str, int]]]:
-    async def go() -> tuple[int, int, list[tuple[str, int]]]:
-        async with gw.services.sessions() as s:
-            row = await s.get(ApiKeyRow, key_id)
-            assert row is not None
-            rows = (await s.execute(select(LedgerRow).where(LedgerRow.key_id == key_id)
-                                    .order_by(LedgerRow.id))).scalars()
-            return row.balance, await ledger_sum(s, key_id), [(r.kind, r.amount) for r in rows]
-    result: tuple[int, int, list[tuple[str, int]]] = gw.call(go())
-    return result
 
 
 def test_text_to_image_reference_client_loop(gateway: Gateway) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from billing.tables import ApiKeyRow, LedgerRow
 from gateway.jobs.tables import JobRow
-from tests.conftest import Gateway, ImageServer, png_bytes
+from tests.conftest import Gateway, ImageServer, jobs_of, png_bytes
 
 MODEL = "flux-kontext-pro"
 _MD_IMAGE = re.compile(r"^!\[image \(sandbox[^\]]*\]\((http://[^)]+/files/file_[^)]+)\)$")
@@ -69,14 +69,6 @@ def raw_lines(gw: Gateway, key: str, body: dict[str, Any],
                 lines.append((time.monotonic() - start, line))
     return resp, lines
 
-
-def jobs_of(gw: Gateway, key_id: str) -> list[JobRow]:
-    async def go() -> list[JobRow]:
-        async with gw.services.sessions() as s:
-            return list((await s.execute(select(JobRow).where(JobRow.key_id == key_id)
-                                         .order_by(JobRow.created_at))).scalars())
-    result: list[JobRow] = gw.call(go())
-    return result
 
 
 def money_of(gw: Gateway, key_id: str) -> tuple[int, list[tuple[str, int]]]:

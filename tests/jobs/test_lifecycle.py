@@ -7,12 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 
-from billing.ledger import ledger_sum
-from billing.tables import ApiKeyRow, LedgerRow
-from gateway.jobs.tables import JobRow
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway, jobs_of, ledger_of, start_gateway
 
 
 def generate(gw: Gateway, key: str, prompt: str = "a fox", **extra: Any) -> httpx.Response:
@@ -22,25 +18,6 @@ def generate(gw: Gateway, key: str, prompt: str = "a fox", **extra: Any) -> http
                             "response_format": "url", **extra}, timeout=60)
 
 
-def jobs_of(gw: Gateway, key_id: str) -> list[JobRow]:
-    async def go() -> list[JobRow]:
-        async with gw.services.sessions() as s:
-            return list((await s.execute(select(JobRow).where(JobRow.key_id == key_id)
-                                         .order_by(JobRow.created_at))).scalars())
-    result: list[JobRow] = gw.call(go())
-    return result
-
-
-def ledger_of(gw: Gateway, key_id: str) -> tuple[int, int, list[tuple[str, int]]]:
-    async def go() -> tuple[int, int, list[tuple[str, int]]]:
-        async with gw.services.sessions() as s:
-            row = await s.get(ApiKeyRow, key_id)
-            assert row is not None
-            rows = (await s.execute(select(LedgerRow).where(LedgerRow.key_id == key_id)
-                                    .order_by(LedgerRow.id))).scalars()
-            return row.balance, await ledger_sum(s, key_id), [(r.kind, r.amount) for r in rows]
-    result: tuple[int, int, list[tuple[str, int]]] = gw.call(go())
-    return result
 
 
 def test_success_records_every_stage_and_settles_once(gateway: Gateway) -> None:
