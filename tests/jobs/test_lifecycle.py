@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -95,14 +97,22 @@ def test_unfinished_job_resumes_after_restart(tmp_path: Path) -> None:
     first = start_gateway(data)
     key_id, key = first.create_key(balance=1_000_000)
     try:
-        with httpx.Client(timeout=0.5) as c:
-            try:
-                c.post(f"{first.base_url}/v1/images/generations",
-                       headers={"authorization": f"Bearer {key}"},
-                       json={"model": "flux-kontext-pro", "prompt": "slow sandbox:latency=30"})
-            except httpx.ReadTimeout:
-                pass
-        [job] = jobs_of(first, key_id)
+        def post() -> None:
+            with httpx.Client(timeout=60) as c:
+                try:
+                    c.post(f"{first.base_url}/v1/images/generations",
+                           headers={"authorization": f"Bearer {key}"},
+                           json={"model": "flux-kontext-pro", "prompt": "slow sandbox:latency=30"})
+                except httpx.HTTPError:
+                    pass  # the server stops under it
+        threading.Thread(target=post, daemon=True).start()
+        # Wait (however slow the machine) until the job is submitted upstream.
+        deadline = time.monotonic() + 30
+        jobs = jobs_of(first, key_id)
+        while not (jobs and jobs[0].upstream_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            jobs = jobs_of(first, key_id)
+        [job] = jobs
         assert job.status == "running" and job.upstream_id
     finally:
         first.stop()
