@@ -78,6 +78,20 @@ def jobs_of(gw: Gateway, key_id: str) -> list[JobRow]:
     return result
 
 
+def wait_for_job(gw: Gateway, key_id: str, *, submitted: bool = True,
+                 timeout: float = 30.0) -> JobRow:
+    """The key's one job, once it exists (and, with `submitted`, once it has an upstream id).
+    Polls instead of trusting a short client timeout: a loaded CI machine can take seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = jobs_of(gw, key_id)
+        if jobs and (jobs[0].upstream_id or not submitted):
+            assert len(jobs) == 1, jobs
+            return jobs[0]
+        assert time.monotonic() < deadline, f"no job for {key_id} within {timeout} s"
+        time.sleep(0.05)
+
+
 def ledger_of(gw: Gateway, key_id: str) -> tuple[int, int, list[tuple[str, int]]]:
     """(balance, sum of ledger rows, [(kind, amount)] in order) of a key."""
     async def go() -> tuple[int, int, list[tuple[str, int]]]:

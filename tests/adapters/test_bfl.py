@@ -265,7 +265,7 @@ async def test_blackholed_download_fails_at_the_deadline(client: httpx.AsyncClie
     started = time.monotonic()
     with pytest.raises(UpstreamUnavailable):
         await adapter.download(UpstreamOutput(url=SAMPLE))
-    assert 0.15 < time.monotonic() - started < 1.0
+    assert 0.15 < time.monotonic() - started < 3.0  # well before the 5 s answer
 
 
 async def test_submit_past_its_deadline_is_ambiguous(client: httpx.AsyncClient,

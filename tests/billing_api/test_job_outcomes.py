@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from adapters.base import UpstreamAmbiguous
+from tests.conftest import wait_for_job
 
 PRO = 40_000  # flux-kontext-pro, micro-units
 
@@ -105,8 +106,7 @@ def test_client_disconnect_still_delivers_and_settles_once(bgw: Any) -> None:
     key_id, key = bgw.create_key(balance=1_000_000)
     with pytest.raises(httpx.TimeoutException):
         generate(bgw, key, "a red bicycle sandbox:latency=1", timeout=0.3)
-    time.sleep(0.2)
-    job = only_job(bgw, key_id)
+    job = wait_for_job(bgw, key_id, submitted=False).id
     rows = wait_rows(bgw, job, 2)
     assert rows == [("reserve", -PRO), ("settle", 0)]  # the image was stored: it is paid for
     assert_balanced(bgw, key_id, 1_000_000 - PRO)

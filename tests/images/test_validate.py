@@ -77,12 +77,17 @@ def test_25_megapixel_image_is_400() -> None:
 def test_decompression_bomb_header_refused_fast_without_allocation() -> None:
     data = png_header(50_000, 50_000)
     assert len(data) < 1024
+    timings = []
+    for _ in range(3):  # best of three untraced runs: a loaded CI machine adds noise
+        t0 = time.perf_counter()
+        with pytest.raises(InvalidRequest):
+            validate_image(data, param="image", **LIMITS)
+        timings.append(time.perf_counter() - t0)
+    elapsed = min(timings)
     tracemalloc.start()
     try:
-        t0 = time.perf_counter()
         with pytest.raises(InvalidRequest) as ei:
             validate_image(data, param="image", **LIMITS)
-        elapsed = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

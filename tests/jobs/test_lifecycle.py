@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import Gateway, jobs_of, ledger_of, start_gateway
+from tests.conftest import Gateway, jobs_of, ledger_of, start_gateway, wait_for_job
 
 
 def generate(gw: Gateway, key: str, prompt: str = "a fox", **extra: Any) -> httpx.Response:
@@ -106,13 +105,7 @@ def test_unfinished_job_resumes_after_restart(tmp_path: Path) -> None:
                 except httpx.HTTPError:
                     pass  # the server stops under it
         threading.Thread(target=post, daemon=True).start()
-        # Wait (however slow the machine) until the job is submitted upstream.
-        deadline = time.monotonic() + 30
-        jobs = jobs_of(first, key_id)
-        while not (jobs and jobs[0].upstream_id) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            jobs = jobs_of(first, key_id)
-        [job] = jobs
+        job = wait_for_job(first, key_id)
         assert job.status == "running" and job.upstream_id
     finally:
         first.stop()
