@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -33,6 +34,17 @@ def deliveries(gw: Gateway) -> list[WebhookDeliveryRow]:
     return result
 
 
+def delivered(gw: Gateway, timeout: float = 15.0) -> list[WebhookDeliveryRow]:
+    """The delivery rows once none is pending: the receiver sees a request before the worker
+    commits its outcome, so a test that just saw it must wait for that commit."""
+    deadline = time.monotonic() + timeout
+    rows = deliveries(gw)
+    while any(r.status == "pending" for r in rows) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = deliveries(gw)
+    return rows
+
+
 def test_generation_gets_one_signed_delivery_with_the_result_url(
         gateway_factory: Any, receiver: Receiver) -> None:
     gw = gateway_factory(**FAST)
@@ -49,7 +61,7 @@ def test_generation_gets_one_signed_delivery_with_the_result_url(
     assert (image["width"], image["height"]) == (1024, 1024)
     assert image["url"].split("?")[0] == resp.json()["data"][0]["url"].split("?")[0]
     assert httpx.get(image["url"]).status_code == 200
-    [row] = deliveries(gw)
+    [row] = delivered(gw)
     assert (row.id, row.job_id, row.status, row.attempts) == (
         got.headers["webhook-id"], job_id, "delivered", 1)
     assert len(receiver.requests) == 1
@@ -133,6 +145,9 @@ def test_restart_still_delivers_pending_rows(gateway_factory: Any, receiver: Rec
     key = gw.create_key("wh")[1]
     assert generate(gw, key, webhook_url=receiver.url).status_code == 200
     receiver.wait_for(1)
+    deadline = time.monotonic() + 15  # the failed first attempt is on record before the stop
+    while [r.attempts for r in deliveries(gw)] != [1] and time.monotonic() < deadline:
+        time.sleep(0.05)
     gw.stop()
     receiver.default = (200, {})
 
@@ -146,5 +161,5 @@ def test_restart_still_delivers_pending_rows(gateway_factory: Any, receiver: Rec
     gw2.call(make_due())
     got = receiver.wait_for(2)
     assert got[0].headers["webhook-id"] == got[1].headers["webhook-id"]
-    [row] = deliveries(gw2)
+    [row] = delivered(gw2)
     assert row.status == "delivered" and row.attempts == 2
