@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
@@ -156,6 +157,8 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False)
     app.add_middleware(RequestIdMiddleware)
+    # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
     for module in (health, images, edits, chat, bfl, replicate, files, usage, admin):
         app.include_router(module.router)

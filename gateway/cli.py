@@ -78,7 +78,8 @@ def serve(config: ConfigOpt = None,
     settings = _settings(config, **overrides)
     logcontext.configure(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=25)
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
+                proxy_headers=False)  # the app applies `trusted_proxies` itself
 
 
 @keys_app.command("create")

@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Peers (IPs or CIDRs, or "*") whose X-Forwarded-For / X-Forwarded-Proto are believed: the
+    # client address they name is what key IP allow-lists and logs see. Others' are ignored.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     channels: list[ChannelSettings] = Field(default_factory=list)
     sandbox: dict[str, Any] = Field(default_factory=dict)  # options of the default sandbox
     storage: StorageSettings = Field(default_factory=StorageSettings)
