@@ -16,7 +16,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
-from gateway import __version__
+from gateway import __version__, housekeeping
 from gateway.api import admin, bfl, chat, edits, errors, files, health, images, replicate, usage
 from gateway.api.deps import Services
 from gateway.database import make_engine, make_sessionmaker, upgrade
@@ -146,9 +146,15 @@ def create_app(settings: Settings) -> FastAPI:
             log.info(line)
         await services.jobs.resume()
         services.webhooks.start()  # delivers what is pending, including rows from before
+        interval = settings.billing.idempotency_purge_interval
+        purge = (asyncio.create_task(housekeeping.run(services.sessions, interval),
+                                     name="idempotency-purge") if interval else None)
         try:
             yield
         finally:
+            if purge is not None:
+                purge.cancel()
+                await asyncio.gather(purge, return_exceptions=True)
             await close_services(services)
 
     app = FastAPI(title="fluxgate", version=__version__, lifespan=lifespan,

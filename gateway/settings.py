@@ -187,6 +187,8 @@ class BillingSettings(BaseModel):
         DEFAULT_PRICES_USD))
     price_groups: dict[str, float] = Field(default_factory=dict)
     moderation_fee: float = Field(default=0.0, ge=0)
+    # how often Idempotency-Key rows past their 24 h retention are deleted (seconds; 0 = never)
+    idempotency_purge_interval: float = Field(default=3600.0, ge=0)
 
     @model_validator(mode="after")
     def _prices_are_valid(self) -> BillingSettings:
