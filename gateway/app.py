@@ -107,7 +107,10 @@ async def build_services(settings: Settings) -> Services:
     return Services(settings=settings, engine=engine, sessions=sessions, http=http,
                     router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices,
                     webhooks=webhooks,
-                    rate_limiter=RateLimiter(settings.redis_url))
+                    rate_limiter=RateLimiter(settings.redis_url,
+                                             timeout=settings.limits.rate_limit_timeout,
+                                             cooldown=settings.limits.rate_limit_cooldown,
+                                             replicas=settings.limits.replicas))
 
 
 async def close_services(services: Services) -> None:

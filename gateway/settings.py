@@ -132,6 +132,12 @@ class LimitSettings(BaseModel):
     max_image_pixels: int = Field(default=20_000_000, ge=1024)
     fetch_timeout: float = Field(default=20.0, gt=0)
     fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
+    # Shared rate limits (redis_url): how long a Redis call may take, how long to stay on the
+    # in-process fallback after a failure, and how many replicas share the limit (the fallback
+    # allows rpm / replicas in each, so an outage never multiplies a key's limit).
+    rate_limit_timeout: float = Field(default=0.25, gt=0)
+    rate_limit_cooldown: float = Field(default=5.0, ge=0)
+    replicas: int = Field(default=1, ge=1)
 
 
 #: Standard Webhooks' example schedule: the delay before each attempt (seconds), ~75.5 h in all

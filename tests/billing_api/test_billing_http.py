@@ -256,3 +256,17 @@ def test_expired_idempotency_keys_are_purged_on_a_schedule(
     while gw.call(rows()) != {"fresh"} and time.monotonic() < deadline:
         time.sleep(0.1)
     assert gw.call(rows()) == {"fresh"}
+
+
+def test_redis_outage_keeps_limits_and_shows_in_healthz(gateway_factory: Any) -> None:
+    """With the shared Redis unreachable, requests still get answers (no 5xx), the key's limit
+    still holds through the in-process fallback (rpm / replicas), and /healthz says so."""
+    gw = gateway_factory(redis_url="redis://127.0.0.1:1/0",
+                         limits={"fetch_allow": ["127.0.0.1"], "replicas": 2})
+    _, key = gw.create_key(balance=None, rpm=6)
+    statuses = [httpx.post(f"{gw.base_url}/v1/images/generations", json=BODY, timeout=30,
+                           headers={"authorization": f"Bearer {key}"}).status_code
+                for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]  # 6 // 2 replicas
+    health = httpx.get(f"{gw.base_url}/healthz", timeout=10).json()
+    assert health["rate_limits"] == {"backend": "redis", "backend_errors": 1, "fallbacks": 5}
