@@ -25,7 +25,7 @@ from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
 from gateway.settings import ConfigError, Settings
-from gateway.storage.base import Storage
+from gateway.storage.base import Storage, StorageError
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
 from gateway.storage.signing import UrlSigner, load_or_create_secret
@@ -69,6 +69,12 @@ async def build_storage(settings: Settings) -> Storage:
                         secret_key=_env_secret("secret_key_env", s3.secret_key_env),
                         addressing_style=s3.addressing_style)
     await storage.start()
+    if s3.probe:
+        try:
+            await storage.probe()
+        except StorageError as exc:
+            await storage.aclose()
+            raise ConfigError(f"storage.s3.bucket: {exc}") from exc
     return storage
 
 

@@ -72,6 +72,7 @@ class S3Settings(BaseModel):
     access_key_env: str | None = None  # env var holding the access key id
     secret_key_env: str | None = None  # env var holding the secret key
     addressing_style: Literal["auto", "virtual", "path"] = "auto"  # "path" for most MinIO
+    probe: bool = True  # at start, write and delete a test object: a bad bucket stops start-up
 
     @field_validator("prefix")
     @classmethod
