@@ -5,6 +5,8 @@ memory by default or in Redis when a URL is given. Its answer carries what the H
 needs for `Retry-After` and the `x-ratelimit-*-requests` headers. When Redis fails or is slow
 (> `timeout`), the limiter fails open to a bounded in-process limiter (`rpm // replicas`),
 logs and counts it in `backend_errors`: a Redis outage never becomes an outage or a 5xx.
+After a failure Redis is left alone for `cooldown` seconds (the fallback decides), so an
+outage does not add the timeout to every request; `fallbacks` counts those decisions.
 
 `ConcurrencyLimiter` caps jobs in flight per key: a job takes a slot at submit and gives it
 back when it reaches a terminal state. Slots are sets of job ids, so giving one back twice is
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -82,12 +85,17 @@ class RateLimiter:
     "async+redis://..."): Redis, failing open to memory with `rpm // replicas`."""
 
     def __init__(self, storage_url: str | None = None, *, strategy: Strategy = "moving-window",
-                 period: int = 60, timeout: float = 0.05, replicas: int = 1,
-                 key_prefix: str = "fluxgate") -> None:
+                 period: int = 60, timeout: float = 0.25, replicas: int = 1,
+                 cooldown: float = 5.0, key_prefix: str = "fluxgate",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.period = period
         self.timeout = timeout
         self.replicas = max(1, replicas)
-        self.backend_errors = 0
+        self.cooldown = cooldown
+        self.backend_errors = 0  # failed or slow backend calls
+        self.fallbacks = 0  # decisions made in-process because the backend was unavailable
+        self._clock = clock
+        self._skip_until = 0.0
         self._prefix = key_prefix
         self._fallback = _strategy(strategy, MemoryStorage())
         self._primary: LimitsStrategy | None = None
@@ -108,13 +116,17 @@ class RateLimiter:
         if not limit:
             return None
         if self._primary is not None:
-            try:
-                return await asyncio.wait_for(
-                    self._decide(self._primary, self._item(limit), key_id), self.timeout * 2)
-            except Exception as exc:  # fail open: any backend failure or timeout
-                self.backend_errors += 1
-                log.warning("rate-limit backend failed (%s); using the in-process fallback",
-                            type(exc).__name__)
+            if self._clock() >= self._skip_until:
+                try:
+                    return await asyncio.wait_for(
+                        self._decide(self._primary, self._item(limit), key_id),
+                        self.timeout * 2)
+                except Exception as exc:  # fail open: any backend failure or timeout
+                    self.backend_errors += 1
+                    self._skip_until = self._clock() + self.cooldown
+                    log.warning("rate-limit backend failed (%s); in-process limits (rpm/%d) "
+                                "for %.0f s", type(exc).__name__, self.replicas, self.cooldown)
+            self.fallbacks += 1
             fallback = max(1, limit // self.replicas)
             decision = await self._decide(self._fallback, self._item(fallback), key_id)
             return RateDecision(decision.allowed, limit, min(decision.remaining, limit),
@@ -130,6 +142,11 @@ class RateLimiter:
         return RateDecision(allowed=allowed, limit=item.amount,
                             remaining=max(0, stats.remaining), reset_after=reset_after,
                             retry_after=retry_after)
+
+    @property
+    def backend(self) -> str:
+        """"redis" or "memory"."""
+        return "memory" if self._primary is None else "redis"
 
     async def reset(self) -> None:
         """Forget every count (tests, admin)."""

@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
-from gateway import __version__
+from gateway import __version__, housekeeping
 from gateway.api import admin, bfl, chat, edits, errors, files, health, images, replicate, usage
 from gateway.api.deps import Services
 from gateway.database import make_engine, make_sessionmaker, upgrade
@@ -24,7 +25,7 @@ from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
 from gateway.settings import ConfigError, Settings
-from gateway.storage.base import Storage
+from gateway.storage.base import Storage, StorageError
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
 from gateway.storage.signing import UrlSigner, load_or_create_secret
@@ -68,6 +69,12 @@ async def build_storage(settings: Settings) -> Storage:
                         secret_key=_env_secret("secret_key_env", s3.secret_key_env),
                         addressing_style=s3.addressing_style)
     await storage.start()
+    if s3.probe:
+        try:
+            await storage.probe()
+        except StorageError as exc:
+            await storage.aclose()
+            raise ConfigError(f"storage.s3.bucket: {exc}") from exc
     return storage
 
 
@@ -106,7 +113,10 @@ async def build_services(settings: Settings) -> Services:
     return Services(settings=settings, engine=engine, sessions=sessions, http=http,
                     router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices,
                     webhooks=webhooks,
-                    rate_limiter=RateLimiter(settings.redis_url))
+                    rate_limiter=RateLimiter(settings.redis_url,
+                                             timeout=settings.limits.rate_limit_timeout,
+                                             cooldown=settings.limits.rate_limit_cooldown,
+                                             replicas=settings.limits.replicas))
 
 
 async def close_services(services: Services) -> None:
@@ -145,9 +155,15 @@ def create_app(settings: Settings) -> FastAPI:
             log.info(line)
         await services.jobs.resume()
         services.webhooks.start()  # delivers what is pending, including rows from before
+        interval = settings.billing.idempotency_purge_interval
+        purge = (asyncio.create_task(housekeeping.run(services.sessions, interval),
+                                     name="idempotency-purge") if interval else None)
         try:
             yield
         finally:
+            if purge is not None:
+                purge.cancel()
+                await asyncio.gather(purge, return_exceptions=True)
             await close_services(services)
 
     app = FastAPI(title="fluxgate", version=__version__, lifespan=lifespan,
@@ -156,6 +172,8 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False)
     app.add_middleware(RequestIdMiddleware)
+    # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
     for module in (health, images, edits, chat, bfl, replicate, files, usage, admin):
         app.include_router(module.router)

@@ -77,8 +77,25 @@ def serve(config: ConfigOpt = None,
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(config, **overrides)
     logcontext.configure(settings.log_level)
+    _preflight(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=25)
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
+                proxy_headers=False)  # the app applies `trusted_proxies` itself
+
+
+def _preflight(settings: Settings) -> None:
+    """Check what start-up would otherwise fail on deep inside the server (the storage), so a
+    misconfiguration ends `serve` with one line instead of a traceback."""
+    from gateway.app import build_storage, close_storage
+
+    async def go() -> None:
+        await close_storage(await build_storage(settings))
+
+    try:
+        asyncio.run(go())
+    except ConfigError as exc:
+        typer.echo(f"fluxgate: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @keys_app.command("create")

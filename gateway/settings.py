@@ -72,6 +72,7 @@ class S3Settings(BaseModel):
     access_key_env: str | None = None  # env var holding the access key id
     secret_key_env: str | None = None  # env var holding the secret key
     addressing_style: Literal["auto", "virtual", "path"] = "auto"  # "path" for most MinIO
+    probe: bool = True  # at start, write and delete a test object: a bad bucket stops start-up
 
     @field_validator("prefix")
     @classmethod
@@ -132,6 +133,12 @@ class LimitSettings(BaseModel):
     max_image_pixels: int = Field(default=20_000_000, ge=1024)
     fetch_timeout: float = Field(default=20.0, gt=0)
     fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
+    # Shared rate limits (redis_url): how long a Redis call may take, how long to stay on the
+    # in-process fallback after a failure, and how many replicas share the limit (the fallback
+    # allows rpm / replicas in each, so an outage never multiplies a key's limit).
+    rate_limit_timeout: float = Field(default=0.25, gt=0)
+    rate_limit_cooldown: float = Field(default=5.0, ge=0)
+    replicas: int = Field(default=1, ge=1)
 
 
 #: Standard Webhooks' example schedule: the delay before each attempt (seconds), ~75.5 h in all
@@ -187,6 +194,8 @@ class BillingSettings(BaseModel):
         DEFAULT_PRICES_USD))
     price_groups: dict[str, float] = Field(default_factory=dict)
     moderation_fee: float = Field(default=0.0, ge=0)
+    # how often Idempotency-Key rows past their 24 h retention are deleted (seconds; 0 = never)
+    idempotency_purge_interval: float = Field(default=3600.0, ge=0)
 
     @model_validator(mode="after")
     def _prices_are_valid(self) -> BillingSettings:
@@ -212,6 +221,9 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Peers (IPs or CIDRs, or "*") whose X-Forwarded-For / X-Forwarded-Proto are believed: the
+    # client address they name is what key IP allow-lists and logs see. Others' are ignored.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     channels: list[ChannelSettings] = Field(default_factory=list)
     sandbox: dict[str, Any] = Field(default_factory=dict)  # options of the default sandbox
     storage: StorageSettings = Field(default_factory=StorageSettings)

@@ -121,7 +121,8 @@ def start_gateway(data_dir: Path, *, cls: type[Gateway] | None = None,
     settings = load_settings(None, data_dir=data_dir, host="127.0.0.1", port=port,
                              public_base_url=f"http://127.0.0.1:{port}", **overrides)
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
+                            proxy_headers=False)  # as `fluxgate serve`: the app does it
     server = uvicorn.Server(config)
     holder: dict[str, asyncio.AbstractEventLoop] = {}
 

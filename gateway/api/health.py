@@ -20,6 +20,9 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
         await conn.execute(text("SELECT 1"))
     return {
         "status": "ok",
+        "rate_limits": {"backend": services.rate_limiter.backend,
+                        "backend_errors": services.rate_limiter.backend_errors,
+                        "fallbacks": services.rate_limiter.fallbacks},
         "channels": [{"name": c.name, "type": c.kind, "label": c.label,
                       "disabled": c.disabled_reason, "breaker": c.breaker.state}
                      for c in services.router.channels],

@@ -7,6 +7,7 @@ The credentials need s3:PutObject, s3:GetObject and s3:DeleteObject on `{prefix}
 
 from __future__ import annotations
 
+import uuid
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 
@@ -53,6 +54,22 @@ class S3Storage:
             session = get_session()
             self._client = await self._stack.enter_async_context(
                 session.create_client("s3", **self._client_args))
+
+    async def probe(self) -> None:
+        """Prove the bucket takes writes, with only the permissions the storage needs: put and
+        delete a small object under the prefix. Raises StorageError naming S3's error code."""
+        client = self._require_client()
+        key = self.object_key(f".fluxgate-probe/{uuid.uuid4().hex}")
+        try:
+            await client.put_object(Bucket=self.bucket, Key=key, Body=b"probe",
+                                    ContentType="text/plain")
+            await client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            raise StorageError(f"bucket {self.bucket!r} at {self.name} refused a test write: "
+                               f"{_error_code(exc) or exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"bucket {self.bucket!r} at {self.name} is unreachable: "
+                               f"{type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         self._client = None

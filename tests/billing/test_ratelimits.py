@@ -42,11 +42,26 @@ async def test_sliding_window_counter_and_short_period() -> None:
 
 
 async def test_redis_down_fails_open_to_a_bounded_fallback() -> None:
-    limiter = RateLimiter("redis://127.0.0.1:1/0", replicas=2)
+    limiter = RateLimiter("redis://127.0.0.1:1/0", replicas=2, cooldown=0)
     decisions = [await limiter.hit("k", 20) for _ in range(15)]
     assert all(d is not None and d.degraded for d in decisions)
     assert sum(1 for d in decisions if d and d.allowed) == 10  # 20 // 2 replicas
-    assert limiter.backend_errors == 15
+    assert limiter.backend_errors == limiter.fallbacks == 15
+
+
+async def test_after_a_redis_failure_the_fallback_decides_for_the_cooldown() -> None:
+    """An outage must not add the Redis timeout to every request: after one failure the
+    in-process fallback decides until the cooldown ends, then Redis is tried again."""
+    now = [1000.0]
+    limiter = RateLimiter("redis://127.0.0.1:1/0", replicas=2, cooldown=5.0,
+                          clock=lambda: now[0])
+    for _ in range(10):
+        decision = await limiter.hit("k", 20)
+        assert decision is not None and decision.degraded
+    assert (limiter.backend_errors, limiter.fallbacks) == (1, 10)
+    now[0] += 5.0
+    await limiter.hit("k", 20)
+    assert (limiter.backend_errors, limiter.fallbacks) == (2, 11)  # tried Redis once more
 
 
 def test_reset_format() -> None:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -221,3 +222,51 @@ def test_idempotency_key_of_a_request_cut_off_by_shutdown_is_not_stuck(tmp_path:
         assert second.call(settled()) == ("failed", 1_000_000, 1_000_000)
     finally:
         second.stop()
+
+
+def test_expired_idempotency_keys_are_purged_on_a_schedule(
+        gateway_factory: Any) -> None:
+    """Idempotency-Key rows are kept 24 h, then deleted by a background task (nothing else
+    would: a busy reseller would otherwise grow the table forever)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select, update
+
+    from billing.tables import IdempotencyRow
+
+    gw = gateway_factory(billing={"idempotency_purge_interval": 0.2})
+    _, key = gw.create_key(balance=1_000_000)
+    for idem in ("old", "fresh"):
+        resp = httpx.post(f"{gw.base_url}/v1/images/generations", json=BODY, timeout=30,
+                          headers={"authorization": f"Bearer {key}", "Idempotency-Key": idem})
+        assert resp.status_code == 200, resp.text
+
+    async def rows() -> set[str]:
+        async with gw.services.sessions() as s:
+            return set((await s.execute(select(IdempotencyRow.idem_key))).scalars())
+
+    async def backdate() -> None:
+        async with gw.services.sessions.begin() as s:
+            await s.execute(update(IdempotencyRow).where(IdempotencyRow.idem_key == "old")
+                            .values(created_at=datetime.now(UTC) - timedelta(hours=25)))
+
+    assert gw.call(rows()) == {"old", "fresh"}
+    gw.call(backdate())
+    deadline = time.monotonic() + 20
+    while gw.call(rows()) != {"fresh"} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gw.call(rows()) == {"fresh"}
+
+
+def test_redis_outage_keeps_limits_and_shows_in_healthz(gateway_factory: Any) -> None:
+    """With the shared Redis unreachable, requests still get answers (no 5xx), the key's limit
+    still holds through the in-process fallback (rpm / replicas), and /healthz says so."""
+    gw = gateway_factory(redis_url="redis://127.0.0.1:1/0",
+                         limits={"fetch_allow": ["127.0.0.1"], "replicas": 2})
+    _, key = gw.create_key(balance=None, rpm=6)
+    statuses = [httpx.post(f"{gw.base_url}/v1/images/generations", json=BODY, timeout=30,
+                           headers={"authorization": f"Bearer {key}"}).status_code
+                for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]  # 6 // 2 replicas
+    health = httpx.get(f"{gw.base_url}/healthz", timeout=10).json()
+    assert health["rate_limits"] == {"backend": "redis", "backend_errors": 1, "fallbacks": 5}
