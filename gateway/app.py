@@ -18,7 +18,9 @@ from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
 from gateway import __version__, housekeeping
 from gateway.api import admin, bfl, chat, edits, errors, files, health, images, replicate, usage
+from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
+from gateway.api.edits import body_limit
 from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.routing import build_router
@@ -171,6 +173,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False)
+    # edits read their own (same-sized) cap first and name it; this one guards every route
+    app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
     app.add_middleware(RequestIdMiddleware)
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

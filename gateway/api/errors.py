@@ -228,7 +228,8 @@ def install(app: FastAPI) -> None:
             return JSONResponse({"detail": exc.detail}, status_code=status,
                                 headers={"x-should-retry": "false"})
         type_ = "invalid_request_error" if status < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "request_too_large"}.get(status)
         status, body = _render(status, envelope(str(exc.detail), type_, None, code),
                                family_of(request))
         return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
