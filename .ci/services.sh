@@ -33,9 +33,14 @@ start() {
     [ "$(id -u)" = 0 ] && chown -R postgres "$STATE"
     as_postgres "$bin/initdb -D $STATE/pg -A trust -U postgres >/dev/null"
   fi
-  as_postgres "$bin/pg_ctl -D $STATE/pg -o '-p $PG_PORT -k $STATE -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off' -l $STATE/pg.log -w start >/dev/null"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize yes --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
+  # already running from an earlier `start` (same state dir): reuse it
+  if ! as_postgres "$bin/pg_ctl -D $STATE/pg status >/dev/null 2>&1"; then
+    as_postgres "$bin/pg_ctl -D $STATE/pg -o '-p $PG_PORT -k $STATE -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off' -l $STATE/pg.log -w start >/dev/null"
+  fi
+  if ! { [ -f "$STATE/redis.pid" ] && kill -0 "$(cat "$STATE/redis.pid")" 2>/dev/null; }; then
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+      --daemonize yes --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
+  fi
   echo "export FLUXGATE_TEST_PG_URL=postgresql+asyncpg://postgres@127.0.0.1:$PG_PORT/postgres"
   echo "export FLUXGATE_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
 }
