@@ -121,6 +121,16 @@ class JobSettings(BaseModel):
     sync_wait: float = Field(default=600.0, gt=0)  # how long a synchronous call waits
     submit_rounds: int = Field(default=3, ge=1, le=10)  # offers to every channel when throttled
     submit_backoff_max: float = Field(default=30.0, gt=0)  # longest wait between rounds
+    # Replicas sharing one database: a job belongs to the process running it while its lease
+    # holds (renewed every lease/3); a job whose lease passed (its runner crashed) is adopted by
+    # whichever replica looks first, every `adopt_interval` (default: lease / 2).
+    lease: float = Field(default=30.0, gt=0)
+    adopt_interval: float | None = Field(default=None, gt=0)
+
+    @property
+    def adopt_every(self) -> float:
+        """Seconds between two looks for jobs whose lease has passed."""
+        return self.adopt_interval if self.adopt_interval is not None else self.lease / 2
 
 
 class LimitSettings(BaseModel):

@@ -5,6 +5,11 @@ settle, or release on any failure. Once a job row exists, its failure is data on
 (status, error_code, error_message) and the money follows the job's state: a job is settled
 only after its image is stored, and released otherwise, never both (guarded transitions).
 
+Replicas may share the database: a job runs in the one process holding its lease (`leases.py`).
+This service claims the jobs it creates in the transaction that creates them, renews its leases
+in one heartbeat, adopts unfinished jobs whose lease has passed (at start and then every
+`jobs.adopt_interval`: their runner crashed or stopped) and releases its leases when it stops.
+
 The module is longer than our usual ~400 lines on purpose: every step that touches a job's
 state or money is here, where one reading shows all transitions. Pure work lives elsewhere:
 parsing in `intake.py`, channel choice in `routing.py`, pixels in `gateway/images/`.
@@ -53,6 +58,7 @@ from gateway.errors import (
 from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
+from gateway.jobs import leases
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
@@ -121,6 +127,9 @@ class JobService:
         # stage changes not worth a transaction of their own: written with the job's next write
         self._deferred: dict[str, tuple[dict[str, Any], list[dict[str, str]]]] = {}
         self._closing = False
+        self.runner_id = leases.runner_id()  # this process, in `jobs.runner`
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._adopter: asyncio.Task[None] | None = None
 
     # -- creation -------------------------------------------------------------------------
     def quote(self, spec: JobSpec) -> int:
@@ -148,7 +157,8 @@ class JobService:
                     price=price, outputs=[], polls=0, attempts=0,
                     timeline=[{"stage": Stage.CREATED.value, "at": now.isoformat()}],
                     created_at=now, updated_at=now,
-                    deadline_at=now + timedelta(seconds=self.settings.deadline))
+                    deadline_at=now + timedelta(seconds=self.settings.deadline),
+                    runner=self.runner_id, lease_until=self._lease_end(now))
                 session.add(row)
                 await session.flush()
                 if price > 0:
@@ -162,7 +172,10 @@ class JobService:
         return rows
 
     def start(self, job_id: str) -> None:
-        """Run a job in the background (it outlives the request that created it)."""
+        """Run a job in the background (it outlives the request that created it). The caller
+        holds the job's lease (created or adopted here); the heartbeat keeps it."""
+        if self._heartbeat is None and not self._closing:
+            self._heartbeat = asyncio.create_task(self._renew_leases(), name="jobs:heartbeat")
         self._done.setdefault(job_id, asyncio.Event())
         task = asyncio.create_task(self._run_guarded(job_id), name=f"job:{job_id}")
         self._tasks.add(task)
@@ -217,8 +230,10 @@ class JobService:
                     except TimeoutError:
                         pass
                 row = await self.get(job_id)
-                if row is None or JobStatus(row.status).terminal:
+                if row is None or JobStatus(row.status).terminal or self._closing:
                     break
+                if event is not None and event.is_set():
+                    event = None  # its task here stopped unfinished: another replica runs it
                 if event is None:
                     await asyncio.sleep(min(remaining, 0.5))
         async with self.sessions() as session:
@@ -645,22 +660,87 @@ class JobService:
         await self._finish(job_id, row.key_id, JobStatus.FAILED, code=code, message=message,
                            fee=fee)
 
-    # -- start-up and shutdown ------------------------------------------------------------
-    async def resume(self) -> int:
-        """Start every job that was not terminal when the service last stopped."""
-        async with self.sessions() as session:
-            ids = list((await session.execute(
-                select(JobRow.id).where(JobRow.status.not_in(TERMINAL)))).scalars())
-        for job_id in ids:
-            self.start(job_id)
-        if ids:
-            log.info("resumed %d unfinished jobs", len(ids))
-        return len(ids)
+    # -- leases: start-up, heartbeat, adoption, shutdown ------------------------------------
+    def _lease_end(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.settings.lease)
 
-    async def close(self) -> None:
-        """Stop running jobs; they resume on the next start."""
+    async def resume(self) -> int:
+        """Adopt every unfinished job that no live runner holds (found after a restart: the
+        lease was released at a graceful stop, or has passed since a crash) and from now on
+        look again every `adopt_interval` until `close()`. Answers how many it adopted now."""
+        adopted = await self._adopt()
+        if self._adopter is None and not self._closing:
+            self._adopter = asyncio.create_task(self._adopt_forever(), name="jobs:adopt")
+        return adopted
+
+    async def _adopt(self) -> int:
+        """Claim (one guarded UPDATE each) and start the jobs whose lease has passed."""
+        async with self.sessions() as session:
+            ids = await leases.expired_ids(session, _now())
+        adopted = 0
+        for job_id in ids:
+            if job_id in self._running:  # ours: the heartbeat was late, and renews it
+                continue
+            now = _now()
+            async with self.sessions.begin() as session:
+                if not await leases.claim(session, job_id, self.runner_id, now,
+                                          self._lease_end(now)):
+                    continue  # another replica was first, or it ended meanwhile
+            self.start(job_id)
+            adopted += 1
+        if adopted:
+            log.info("adopted %d unfinished jobs", adopted)
+        return adopted
+
+    async def _adopt_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.adopt_every)
+            try:
+                await self._adopt()
+            except Exception:  # the database may be briefly unavailable; look again later
+                log.exception("looking for jobs to adopt failed")
+
+    async def _renew_leases(self) -> None:
+        """The heartbeat: every lease/3 s, renew the leases of the jobs running here (one
+        UPDATE). A job whose lease another runner took (this process stalled past its lease)
+        runs there now: its task here is stopped, and the job is not failed."""
+        while True:
+            await asyncio.sleep(self.settings.lease / 3)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                async with self.sessions.begin() as session:
+                    lost = await leases.renew(session, ids, self.runner_id,
+                                              self._lease_end(_now()))
+            except Exception:  # a late renewal only risks an adoption, which is safe
+                log.exception("renewing job leases failed")
+                continue
+            for job_id in lost:
+                task = self._running.get(job_id)
+                if task is not None:
+                    log.warning("job %s: its lease passed to another runner; stopped here",
+                                job_id)
+                    task.cancel()
+
+    async def close(self, *, release: bool = True) -> None:
+        """Stop the running jobs, the heartbeat and adoption. With `release` (a graceful stop)
+        this process's leases are given up, so the next start or another replica adopts its
+        jobs at once. `release=False` leaves what a crash leaves behind: leases that other
+        replicas honour until they pass."""
         self._closing = True
-        for task in list(self._tasks):
+        loops = [t for t in (self._adopter, self._heartbeat) if t is not None]
+        self._adopter = self._heartbeat = None
+        for task in [*loops, *self._tasks]:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+        if not release:
+            return
+        try:
+            async with self.sessions.begin() as session:
+                released = await leases.release(session, self.runner_id)
+        except Exception:  # shutdown goes on; the leases then pass on their own
+            log.exception("releasing job leases failed")
+            return
+        if released:
+            log.info("released %d unfinished jobs for adoption", released)

@@ -1,4 +1,8 @@
-"""ORM row of a job: everything needed to resume it after a restart."""
+"""ORM row of a job: everything needed to resume it after a restart, and who runs it now.
+
+`runner` names the process running the job and `lease_until` how long its claim holds without
+renewal (gateway/jobs/leases.py): another replica adopts a non-terminal job only once its lease
+has passed (NULL counts as passed: rows from before leases, or released at shutdown)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ class JobRow(GatewayBase):
         Index("ix_jobs_key_created", "key_id", "created_at"),
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_batch", "batch_id"),
+        Index("ix_jobs_status_lease", "status", "lease_until"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -51,3 +56,5 @@ class JobRow(GatewayBase):
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    runner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

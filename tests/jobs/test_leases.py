@@ -1,0 +1,191 @@
+"""Job leases with two real replicas sharing one database and one BFL upstream (stubbed at the
+transport with respx, in BFL's documented wire format; respx patches httpx process-wide, so both
+gateways, each in its own thread, reach the same fake). Each replica has its own data dir, so
+the checks read job rows and the ledger, not files."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import respx
+
+from gateway.jobs.tables import JobRow
+from tests.conftest import Gateway, ledger_of
+from tests.jobs.test_failover import PNG, A, channels
+from tests.test_postgres import PG_URL, pg_database
+
+__all__ = ["pg_database"]  # the fixture, re-exported for pytest
+
+T = TypeVar("T")
+PRICE = 40_000  # flux-kontext-pro's default price
+QUICK = {"poll_initial": 0.02, "poll_max": 0.1}
+SHORT_LEASE = {**QUICK, "lease": 1.0, "adopt_interval": 0.2}
+
+
+class SlowBfl:
+    """BFL upstream A whose submits wait for `accept` and whose tasks stay `Pending` until
+    `ready`; counts submits and records which task ids were polled."""
+
+    def __init__(self, mock: respx.MockRouter) -> None:
+        self.accept = threading.Event()
+        self.ready = threading.Event()
+        self.submits = 0
+        self.polled: set[str] = set()
+        mock.post(f"{A}/v1/flux-kontext-pro").mock(side_effect=self._submit)
+        mock.get(f"{A}/v1/get_result").mock(side_effect=self._poll)
+        mock.get(url__startswith="https://delivery.a.bfl.test/").mock(
+            return_value=httpx.Response(200, content=PNG, headers={"content-type": "image/png"}))
+
+    async def _submit(self, request: httpx.Request) -> httpx.Response:
+        self.submits += 1
+        task = f"a-{self.submits}"
+        await asyncio.to_thread(self.accept.wait, 30)  # the calling gateway's loop runs on
+        return httpx.Response(200, json={"id": task,
+                                         "polling_url": f"{A}/v1/get_result?id={task}"})
+
+    def _poll(self, request: httpx.Request) -> httpx.Response:
+        task = request.url.params["id"]
+        self.polled.add(task)
+        if not self.ready.is_set():
+            return httpx.Response(200, json={"id": task, "status": "Pending", "progress": 0.5})
+        return httpx.Response(200, json={
+            "id": task, "status": "Ready",
+            "result": {"sample": f"https://delivery.a.bfl.test/{task}.png"}})
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowBfl]:
+    monkeypatch.setenv("A_KEY", "key-a")
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        yield SlowBfl(mock)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database URL for both replicas."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    if not PG_URL:
+        pytest.skip("FLUXGATE_TEST_PG_URL is not set")
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
+def replica(gateway_factory: Callable[..., Gateway], tmp_path: Path, name: str, db: str,
+            **jobs: Any) -> Gateway:
+    gw: Gateway = gateway_factory(tmp_path / name, database_url=db, channels=channels()[:1],
+                                  jobs=jobs)
+    return gw
+
+
+def submit(gw: Gateway, key: str) -> str:
+    """A job through the BFL-style API (answers at once; the job runs in the background)."""
+    resp = httpx.post(f"{gw.base_url}/v1/flux-kontext-pro", headers={"x-key": key},
+                      json={"prompt": "a fox"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    job_id: str = resp.json()["id"]
+    return job_id
+
+
+def job(gw: Gateway, job_id: str) -> JobRow:
+    async def go() -> JobRow | None:
+        async with gw.services.sessions() as s:
+            return await s.get(JobRow, job_id)
+    row: JobRow | None = gw.call(go())
+    assert row is not None
+    return row
+
+
+def until(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """`check()`'s first truthy answer, polled (generous: CI machines can be slow)."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+    return found
+
+
+def finished(gw: Gateway, job_id: str) -> JobRow:
+    return until(lambda: (row := job(gw, job_id)).finished_at and row, "the job finished")
+
+
+def charged_once(gw: Gateway, key_id: str) -> None:
+    balance, total, rows = ledger_of(gw, key_id)
+    assert rows == [("topup", 1_000_000), ("reserve", -PRICE), ("settle", 0)]
+    assert balance == total == 1_000_000 - PRICE
+
+
+def test_replica_starting_mid_submit_leaves_the_job_to_its_runner(
+        upstream: SlowBfl, gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    """B starts while A is in the middle of submitting (running, no upstream id yet): before
+    leases B took the job at start-up and failed it as "interrupted while submitting"."""
+    db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    a = replica(gateway_factory, tmp_path, "a", db, **QUICK)
+    key_id, key = a.create_key(balance=1_000_000)
+    job_id = submit(a, key)
+    until(lambda: upstream.submits == 1, "A's submit reached the upstream")
+    b = replica(gateway_factory, tmp_path, "b", db, **QUICK)  # its start-up adoption has run
+    assert b.call(b.services.jobs.resume()) == 0
+    mid = job(b, job_id)
+    assert mid.status == "running" and mid.upstream_id is None
+    upstream.accept.set()
+    upstream.ready.set()
+    done = finished(a, job_id)
+    assert done.status == "succeeded", done.error_message
+    assert done.runner == a.services.jobs.runner_id != b.services.jobs.runner_id
+    assert upstream.submits == 1
+    charged_once(a, key_id)
+
+
+def test_crashed_replicas_job_is_adopted_after_its_lease_and_not_resubmitted(
+        shared_db: str, upstream: SlowBfl, gateway_factory: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """A dies (its tasks and heartbeat stop, its leases stay): B, already running, adopts the
+    job once the lease has passed and follows A's upstream task to the end, charged once."""
+    a = replica(gateway_factory, tmp_path, "a", shared_db, **SHORT_LEASE)
+    b = replica(gateway_factory, tmp_path, "b", shared_db, **SHORT_LEASE)
+    key_id, key = a.create_key(balance=1_000_000)
+    upstream.accept.set()
+    job_id = submit(a, key)
+    until(lambda: job(a, job_id).upstream_id, "A submitted the job")
+    a.call(a.services.jobs.close(release=False))  # a crash: nothing released
+    b_runner = b.services.jobs.runner_id
+    until(lambda: job(b, job_id).runner == b_runner, "B adopted the job")
+    upstream.ready.set()
+    done = finished(b, job_id)
+    assert done.status == "succeeded", done.error_message
+    assert done.runner == b_runner
+    assert upstream.submits == 1 and upstream.polled == {"a-1"}
+    charged_once(b, key_id)
+
+
+def test_heartbeat_keeps_a_long_job_with_its_runner(
+        upstream: SlowBfl, gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A job running for four leases stays with A: its heartbeat renews the lease, so B (which
+    looks for passed leases five times a second) never adopts it."""
+    db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    a = replica(gateway_factory, tmp_path, "a", db, **SHORT_LEASE)
+    b = replica(gateway_factory, tmp_path, "b", db, **SHORT_LEASE)
+    key_id, key = a.create_key(balance=1_000_000)
+    upstream.accept.set()
+    job_id = submit(a, key)
+    first = until(lambda: (row := job(a, job_id)).upstream_id and row, "A submitted the job")
+    assert first.lease_until is not None
+    time.sleep(4 * 1.0)
+    later = job(b, job_id)
+    assert later.runner == a.services.jobs.runner_id and later.lease_until is not None
+    assert later.lease_until > first.lease_until  # renewed
+    upstream.ready.set()
+    done = finished(a, job_id)
+    assert done.status == "succeeded", done.error_message
+    assert done.runner == a.services.jobs.runner_id
+    assert upstream.submits == 1
+    charged_once(a, key_id)
