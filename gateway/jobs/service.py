@@ -713,7 +713,7 @@ class JobService:
                 async with self.sessions.begin() as session:
                     lost = await leases.renew(session, ids, self.runner_id,
                                               self._lease_end(_now()))
-            except Exception:  # a late renewal only risks an adoption, which is safe
+            except Exception:  # harmless until a whole lease passes without a renewal
                 log.exception("renewing job leases failed")
                 continue
             for job_id in lost:

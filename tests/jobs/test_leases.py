@@ -6,6 +6,7 @@ the checks read job rows and the ledger, not files."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ SHORT_LEASE = {**QUICK, "lease": 1.0, "adopt_interval": 0.2}
 
 class SlowBfl:
     """BFL upstream A whose submits wait for `accept` and whose tasks stay `Pending` until
-    `ready`; counts submits and records which task ids were polled."""
+    `ready`; counts submits and downloads, and records which task ids were polled."""
 
     def __init__(self, mock: respx.MockRouter) -> None:
         self.accept = threading.Event()
@@ -40,7 +41,7 @@ class SlowBfl:
         self.polled: set[str] = set()
         mock.post(f"{A}/v1/flux-kontext-pro").mock(side_effect=self._submit)
         mock.get(f"{A}/v1/get_result").mock(side_effect=self._poll)
-        mock.get(url__startswith="https://delivery.a.bfl.test/").mock(
+        self.downloads = mock.get(url__startswith="https://delivery.a.bfl.test/").mock(
             return_value=httpx.Response(200, content=PNG, headers={"content-type": "image/png"}))
 
     async def _submit(self, request: httpx.Request) -> httpx.Response:
@@ -189,3 +190,44 @@ def test_heartbeat_keeps_a_long_job_with_its_runner(
     assert done.runner == a.services.jobs.runner_id
     assert upstream.submits == 1
     charged_once(a, key_id)
+
+
+def test_runner_that_stalled_past_its_lease_stops_its_copy(
+        upstream: SlowBfl, gateway_factory: Callable[..., Gateway], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A's event loop freezes (a long GC pause, a blocked call) until B has adopted the job.
+    When A wakes, its heartbeat finds the lease gone and stops its own task without failing
+    the job: B alone finishes it (one download, one charge)."""
+    caplog.set_level(logging.WARNING, logger="gateway.jobs.service")
+    db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    a = replica(gateway_factory, tmp_path, "a", db, **SHORT_LEASE)
+    b = replica(gateway_factory, tmp_path, "b", db, **SHORT_LEASE)
+    key_id, key = a.create_key(balance=1_000_000)
+    upstream.accept.set()
+    job_id = submit(a, key)
+    until(lambda: job(a, job_id).upstream_id, "A submitted the job")
+    b_runner = b.services.jobs.runner_id
+    adopted = threading.Event()
+
+    async def stall() -> None:
+        adopted.wait(5)  # blocks A's loop: that is the stall
+
+    for _ in range(3):  # a stall landing inside one of A's writes holds B's claim up too:
+        frozen = asyncio.run_coroutine_threadsafe(stall(), a.server_loop)  # then stall again
+        deadline = time.monotonic() + 5
+        while job(b, job_id).runner != b_runner and time.monotonic() < deadline:
+            time.sleep(0.05)
+        adopted.set()
+        frozen.result(timeout=30)
+        if job(b, job_id).runner == b_runner:
+            break
+        adopted.clear()
+    assert job(b, job_id).runner == b_runner, "B never adopted the job while A stalled"
+    until(lambda: any("lease passed to another runner" in r.getMessage()
+                      for r in caplog.records), "A stopped its copy")
+    upstream.ready.set()
+    done = finished(b, job_id)
+    assert done.status == "succeeded", done.error_message
+    assert done.runner == b_runner
+    assert upstream.submits == 1 and upstream.downloads.call_count == 1
+    charged_once(b, key_id)
