@@ -121,6 +121,8 @@ class JobSettings(BaseModel):
     sync_wait: float = Field(default=600.0, gt=0)  # how long a synchronous call waits
     submit_rounds: int = Field(default=3, ge=1, le=10)  # offers to every channel when throttled
     submit_backoff_max: float = Field(default=30.0, gt=0)  # longest wait between rounds
+    # how often each replica re-reads stored channel disables (upstream 401/402/403, admin)
+    channel_sync_interval: float = Field(default=5.0, ge=0)
 
 
 class LimitSettings(BaseModel):

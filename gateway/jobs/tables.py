@@ -51,3 +51,14 @@ class JobRow(GatewayBase):
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class ChannelStateRow(GatewayBase):
+    """A channel disabled by an upstream's 401/402/403 or by an admin: kept across restarts
+    and read by every replica (see gateway/jobs/channel_state.py). No row = enabled."""
+
+    __tablename__ = "channel_states"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    disabled_reason: Mapped[str] = mapped_column(Text)
+    disabled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
