@@ -25,11 +25,12 @@ Wire contract used here:
   from `req.extra["guidance"]`; `num_images` is 1.
 - `has_nsfw_concepts[i] == true`: that image is dropped; when none is left the job is moderated.
 
-UNCONFIRMED: the multi endpoint's field name `image_urls` (fal's page shows the endpoint and
-its output but the field name was not in the excerpt; third-party code calling
-`fal-ai/flux-pro/kontext/max/multi` uses `image_urls`) and its 4-image maximum; the image
-object's fields beyond `url`; the default CDN retention; `fal-ai/flux-kontext/dev`'s schema
-(not served by default; add it through `endpoints` only if it matches).
+Confirmed in fal's API reference for `fal-ai/flux-pro/kontext/multi` (its input schema and
+example): `image_urls` is a required `list<string>`, with the same `aspect_ratio` enum,
+`output_format` jpeg|png and string `safety_tolerance` "1".."6" as the single-image endpoint.
+UNCONFIRMED: the multi endpoint's image maximum (4 here; the reference names none); the
+image object's fields beyond `url`; the default CDN retention; `fal-ai/flux-kontext/dev`'s
+schema (not served by default; add it through `endpoints` only if it matches).
 """
 
 from __future__ import annotations

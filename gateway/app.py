@@ -23,6 +23,7 @@ from gateway.api.deps import Services
 from gateway.api.edits import body_limit
 from gateway.database import make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
+from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
@@ -112,9 +113,11 @@ async def build_services(settings: Settings) -> Services:
                       settings=settings.jobs,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
                       outbox=webhooks.outbox)
+    channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
+    await channel_sync.apply()  # stored disables hold from the first request on
     return Services(settings=settings, engine=engine, sessions=sessions, http=http,
-                    router=router, files=file_store, fetcher=fetcher, jobs=jobs, prices=prices,
-                    webhooks=webhooks,
+                    router=router, channel_sync=channel_sync, files=file_store,
+                    fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
                     rate_limiter=RateLimiter(settings.redis_url,
                                              timeout=settings.limits.rate_limit_timeout,
                                              cooldown=settings.limits.rate_limit_cooldown,
@@ -122,6 +125,7 @@ async def build_services(settings: Settings) -> Services:
 
 
 async def close_services(services: Services) -> None:
+    await services.channel_sync.close()
     await services.jobs.close()
     if services.pending_writes:  # e.g. the stored answer of a request cut off by shutdown
         await asyncio.gather(*services.pending_writes, return_exceptions=True)
@@ -157,6 +161,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info(line)
         await services.jobs.resume()
         services.webhooks.start()  # delivers what is pending, including rows from before
+        services.channel_sync.start()
         interval = settings.billing.idempotency_purge_interval
         purge = (asyncio.create_task(housekeeping.run(services.sessions, interval),
                                      name="idempotency-purge") if interval else None)

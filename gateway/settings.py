@@ -131,6 +131,8 @@ class JobSettings(BaseModel):
     def adopt_every(self) -> float:
         """Seconds between two looks for jobs whose lease has passed."""
         return self.adopt_interval if self.adopt_interval is not None else self.lease / 2
+    # how often each replica re-reads stored channel disables (upstream 401/402/403, admin)
+    channel_sync_interval: float = Field(default=5.0, ge=0)
 
 
 class LimitSettings(BaseModel):

@@ -24,6 +24,7 @@ from billing.tables import ApiKeyRow
 from gateway.api.deps import ServicesDep
 from gateway.api.usage import SinceQ, parse_when, report_body
 from gateway.errors import AuthenticationError, InvalidRequest, NotFound
+from gateway.jobs import channel_state
 from gateway.jobs.tables import JobRow
 
 
@@ -280,14 +281,15 @@ async def list_channels(services: ServicesDep) -> dict[str, Any]:
 
 @router.post("/channels/{name}/{action}")
 async def toggle_channel(name: str, action: str, services: ServicesDep) -> dict[str, Any]:
-    """`action` is `enable` or `disable` (this replica; not persisted across restarts)."""
+    """`action` is `enable` or `disable`: stored, so it holds across restarts and reaches
+    every replica within `jobs.channel_sync_interval` seconds."""
     channel = services.router.get(name)
     if channel is None:
         raise NotFound(f"No channel named {name!r}.", param="name")
     if action == "disable":
-        channel.disable("disabled by an admin")
+        await channel_state.disable(services.sessions, channel, "disabled by an admin")
     elif action == "enable":
-        channel.enable()
+        await channel_state.enable(services.sessions, channel)
     else:
         raise NotFound(f"Unknown action {action!r}: use enable or disable.", param="action")
     return channel_view(channel)

@@ -17,6 +17,7 @@ from billing.limits import RateLimiter
 from billing.pricing import PriceTable
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.images.fetch import ImageFetcher
+from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import Router
 from gateway.jobs.service import JobService
 from gateway.settings import Settings
@@ -38,6 +39,7 @@ class Services:
     jobs: JobService
     prices: PriceTable
     webhooks: WebhookService
+    channel_sync: ChannelStateSync
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     # admission per key; an entry lives only while some request holds or waits for its lock

@@ -131,6 +131,8 @@ class Channel:
                                       clock=clock)
         self.disabled_reason: str | None = None
         self.disabled_at: float | None = None  # unix time
+        self.disabled_stored = False  # the reason is in channel_states (upstream or admin)
+        self.state_changed = 0.0  # time.monotonic() of the last disable/enable here
         if not settings.enabled:
             self.disable("disabled in config")
         self.max_concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY.get(self.kind)
@@ -184,15 +186,20 @@ class Channel:
         finally:
             self.release(model)
 
-    def disable(self, reason: str) -> None:
-        """Take the channel out of routing until `enable()`; the reason and time are kept."""
+    def disable(self, reason: str, *, stored: bool = False) -> None:
+        """Take the channel out of routing until `enable()`; the reason and time are kept.
+        `stored`: the decision is also in channel_states (see channel_state.py)."""
         log.warning("channel %s disabled: %s", self.name, reason)
         self.disabled_reason = reason
         self.disabled_at = time.time()
+        self.disabled_stored = stored
+        self.state_changed = time.monotonic()
 
     def enable(self) -> None:
         self.disabled_reason = None
         self.disabled_at = None
+        self.disabled_stored = False
+        self.state_changed = time.monotonic()
         self.breaker.success()
 
     def describe(self) -> dict[str, Any]:

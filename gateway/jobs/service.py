@@ -58,7 +58,7 @@ from gateway.errors import (
 from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
-from gateway.jobs import leases
+from gateway.jobs import channel_state, leases
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
@@ -445,7 +445,13 @@ class JobService:
                 with anyio.fail_after(self.settings.submit_timeout):
                     upstream = await channel.adapter.submit(req)
             except UpstreamAuthError as exc:
-                channel.disable(f"{exc.status or ''} {exc.message}".strip())
+                reason = f"{exc.status or ''} {exc.message}".strip()
+                try:  # for every replica, until an admin re-enables it
+                    await channel_state.disable(self.sessions, channel, reason)
+                except Exception as store_exc:  # disabled here at least; the job goes on
+                    channel.disable(reason)
+                    log.warning("could not store channel %s's state: %s", channel.name,
+                                type(store_exc).__name__)
                 return _Attempt(error=exc.message)
             except UpstreamRejected as exc:
                 if exc.code == "unsupported_request":  # this channel can't; another may

@@ -58,3 +58,14 @@ class JobRow(GatewayBase):
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     runner: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class ChannelStateRow(GatewayBase):
+    """A channel disabled by an upstream's 401/402/403 or by an admin: kept across restarts
+    and read by every replica (see gateway/jobs/channel_state.py). No row = enabled."""
+
+    __tablename__ = "channel_states"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    disabled_reason: Mapped[str] = mapped_column(Text)
+    disabled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

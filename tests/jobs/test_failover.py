@@ -146,6 +146,82 @@ def test_payment_required_disables_the_channel_with_a_reason(gateway_factory: An
     assert chan["disabled"] and "credit" in chan["disabled"].lower()
 
 
+ADMIN = "admin-token-for-channel-tests"
+
+
+def admin_channel(gw: Gateway, name: str, action: str | None = None) -> dict[str, Any]:
+    """The admin API's view of channel `name`, after `action` (enable/disable) if given."""
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    if action:
+        resp = httpx.post(f"{gw.base_url}/admin/channels/{name}/{action}", headers=auth)
+        assert resp.status_code == 200, resp.text
+    listed = httpx.get(f"{gw.base_url}/admin/channels", headers=auth).json()["data"]
+    found: dict[str, Any] = next(c for c in listed if c["name"] == name)
+    return found
+
+
+def test_upstream_disable_holds_across_restarts_until_an_admin_enables(
+        gateway_factory: Any, upstreams: Any, tmp_path: Any) -> None:
+    """"402 disables the channel until an admin re-enables it": a restart must not quietly
+    send traffic to an account that is still empty."""
+    a, _b = upstreams
+    a.fail = lambda _r: httpx.Response(402, json={"detail": "Insufficient credits"})
+    data = tmp_path / "data"
+    settings: dict[str, Any] = {"channels": channels(priority=2), "admin_token": ADMIN,
+                                "jobs": {"poll_initial": 0.01, "poll_max": 0.05}}
+    first: Gateway = gateway_factory(data, **settings)
+    _, key = first.create_key()
+    assert generate(first, key).status_code == 200  # served by B
+    assert a.submits == 1
+    first.stop()
+    a.fail = None  # the account was topped up; only the admin knows
+
+    second: Gateway = gateway_factory(data, **settings)
+    assert "credit" in (admin_channel(second, "A")["disabled"] or "").lower()
+    assert generate(second, key).status_code == 200
+    assert a.submits == 1  # still disabled after the restart
+    assert admin_channel(second, "A", "enable")["disabled"] is None
+    assert generate(second, key).status_code == 200
+    assert a.accepted == 1  # A (priority 2) serves again
+    second.stop()
+
+    third: Gateway = gateway_factory(data, **settings)
+    assert admin_channel(third, "A")["disabled"] is None  # the enable was kept too
+    assert generate(third, key).status_code == 200
+    assert a.accepted == 2
+
+
+def test_admin_disable_reaches_every_replica(gateway_factory: Any, upstreams: Any,
+                                             tmp_path: Any) -> None:
+    """Two replicas on one database: a channel disabled through one is out of routing on the
+    other within `jobs.channel_sync_interval`, and enabled again the same way."""
+    import time
+
+    a, b = upstreams
+    shared = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    settings: dict[str, Any] = {
+        "channels": channels(priority=2), "admin_token": ADMIN, "database_url": shared,
+        "jobs": {"poll_initial": 0.01, "poll_max": 0.05, "channel_sync_interval": 0.2}}
+    one: Gateway = gateway_factory(tmp_path / "one", **settings)
+    two: Gateway = gateway_factory(tmp_path / "two", **settings)
+
+    def until(gw: Gateway, disabled: bool) -> None:
+        deadline = time.monotonic() + 15
+        while (admin_channel(gw, "A")["disabled"] is not None) != disabled:
+            assert time.monotonic() < deadline, "the other replica did not follow"
+            time.sleep(0.05)
+
+    assert admin_channel(one, "A", "disable")["disabled"] == "disabled by an admin"
+    until(two, disabled=True)
+    _, key = two.create_key()
+    assert generate(two, key).status_code == 200
+    assert (a.submits, b.accepted) == (0, 1)
+    assert admin_channel(two, "A", "enable")["disabled"] is None
+    until(one, disabled=False)
+    assert generate(one, key).status_code == 200
+    assert a.accepted == 1
+
+
 def test_partial_outage_keeps_success_and_amplification_low(gateway_factory: Any,
                                                             upstreams: Any) -> None:
     """A answers 503 to 30% of submits, B is healthy: >= 99.5% of 1,000 jobs succeed with at

@@ -1,8 +1,8 @@
 """job leases
 
-Revision ID: 0004_job_leases
-Revises: 0003_webhooks
-Create Date: 2026-12-02 10:00:00.000000
+Revision ID: 0005_job_leases
+Revises: 0004_channel_states
+Create Date: 2026-11-23 16:30:00.000000
 
 """
 from typing import Sequence, Union
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0004_job_leases'
-down_revision: Union[str, Sequence[str], None] = '0003_webhooks'
+revision: str = '0005_job_leases'
+down_revision: Union[str, Sequence[str], None] = '0004_channel_states'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
