@@ -69,6 +69,11 @@ from gateway.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+
+class _Superseded(Exception):
+    """The job is no longer this task's to write: it ended elsewhere or changed runner."""
+
+
 TERMINAL = [s.value for s in JobStatus if s.terminal]
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _CANCEL_TIMEOUT = 15.0  # seconds for a best-effort upstream cancel
@@ -248,6 +253,8 @@ class JobService:
             await self._run(job_id)
         except asyncio.CancelledError:
             raise
+        except _Superseded as exc:
+            log.info("job %s stopped here: %s", job_id, exc)
         except Exception as exc:  # a bug must not leave the job or its money hanging
             log.exception("job %s crashed", job_id)
             await self._fail(job_id, "internal_error", f"Internal error: {type(exc).__name__}")
@@ -272,10 +279,17 @@ class JobService:
             row.timeline = [*row.timeline, *staged[1]]
 
     async def _update(self, job_id: str, *, stage: Stage | None = None, **values: Any) -> None:
+        """Write a running job's progress. Raises _Superseded instead when the job ended
+        elsewhere (canceled through another replica) or another runner took its lease: this
+        task must stop rather than write over that."""
         async with self.sessions.begin() as session:
             row = await session.get(JobRow, job_id)
             if row is None:
                 return
+            if JobStatus(row.status).terminal:
+                raise _Superseded(f"it is already {row.status}")
+            if row.runner not in (None, self.runner_id):
+                raise _Superseded(f"runner {row.runner} holds it now")
             self._apply_deferred(row)
             now = _now()
             for key, value in values.items():
@@ -473,9 +487,13 @@ class JobService:
                                  f"was not re-sent and not charged ({exc}).")
                 return _Attempt(done=True)
             channel.breaker.success()
-            await self._update(row.id, stage=Stage.SUBMITTED, upstream_id=upstream.id,
-                               poll_url=upstream.poll_url,
-                               upstream_handle=dict(upstream.handle), submitted_at=_now())
+            try:
+                await self._update(row.id, stage=Stage.SUBMITTED, upstream_id=upstream.id,
+                                   poll_url=upstream.poll_url,
+                                   upstream_handle=dict(upstream.handle), submitted_at=_now())
+            except _Superseded:  # canceled while it was being submitted: nobody will use it
+                await self._cancel_upstream(channel, upstream)
+                raise
             # the inputs are at the upstream now (and in storage): don't hold up to 4 x 20 MB
             # in memory for the minutes the job may run
             del req, sent

@@ -231,3 +231,27 @@ def test_runner_that_stalled_past_its_lease_stops_its_copy(
     assert done.runner == b_runner
     assert upstream.submits == 1 and upstream.downloads.call_count == 1
     charged_once(b, key_id)
+
+
+def test_cancel_through_another_replica_stops_the_runner(
+        upstream: SlowBfl, gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    """B cancels a job that A is submitting: once A's submit returns, A must not write over
+    the canceled job nor follow it upstream (it asks the upstream to cancel instead); the
+    reservation is released, nothing is charged."""
+    db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    a = replica(gateway_factory, tmp_path, "a", db, **QUICK)
+    b = replica(gateway_factory, tmp_path, "b", db, **QUICK)
+    key_id, key = a.create_key(balance=1_000_000)
+    job_id = submit(a, key)
+    until(lambda: upstream.submits == 1, "A's submit reached the upstream")
+    canceled = b.call(b.services.jobs.cancel(job_id))
+    assert canceled is not None and canceled.status == "canceled"
+    upstream.accept.set()  # A's submit now returns an upstream task
+    until(lambda: job_id not in a.services.jobs._running, "A's task for the job ended")
+    time.sleep(0.5)  # a task that went on would poll now (poll_initial is 0.02 s)
+    assert upstream.polled == set()
+    row = job(b, job_id)
+    assert (row.status, row.upstream_id, row.stage) == ("canceled", None, "released")
+    balance, total, rows = ledger_of(b, key_id)
+    assert rows == [("topup", 1_000_000), ("reserve", -PRICE), ("release", PRICE)]
+    assert balance == total == 1_000_000
