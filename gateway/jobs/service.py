@@ -193,8 +193,8 @@ class JobService:
         """Cancel a job that is not terminal yet: it becomes `canceled` and its reservation is
         released (nothing is charged); its task is stopped and its upstream job, if one was
         submitted, is asked to cancel (best effort). A terminal job is left as it is. Answers
-        the job as it stands afterwards (None for an unknown id). Only a job running in this
-        process is stopped; on another replica it would run on (its result then unused)."""
+        the job as it stands afterwards (None for an unknown id). A job running on another
+        replica stops there at its next progress write (see `_update`)."""
         row = await self.get(job_id)
         if row is None or JobStatus(row.status).terminal:
             return row
