@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import secrets
 import socket
 import threading
 import time
@@ -218,3 +220,40 @@ def image_server() -> Iterator[ImageServer]:
     thread.start()
     yield ImageServer(f"http://127.0.0.1:{httpd.server_address[1]}", files, hits)
     httpd.shutdown()
+
+
+# PostgreSQL ------------------------------------------------------------------------------------
+#: a server where the user may create databases (`.ci/run` starts one); tests skip without it
+PG_URL = os.environ.get("FLUXGATE_TEST_PG_URL")
+
+
+async def _pg_admin(sql: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(PG_URL or "", isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        await conn.execute(text(sql))
+    await engine.dispose()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database, dropped after the test."""
+    from sqlalchemy.engine import make_url
+
+    if not PG_URL:
+        pytest.skip("FLUXGATE_TEST_PG_URL is not set")
+    name = f"fg_{secrets.token_hex(6)}"
+    asyncio.run(_pg_admin(f"CREATE DATABASE {name}"))
+    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database URL: SQLite, then PostgreSQL (skipped without FLUXGATE_TEST_PG_URL)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/any.db"
+    url: str = request.getfixturevalue("pg_database")
+    return url

@@ -6,40 +6,19 @@ Runs when FLUXGATE_TEST_PG_URL points at a server where the user may create data
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from billing import ledger
 from billing.errors import InsufficientFunds
 from billing.keys import create_key
 from gateway.database import make_engine, make_sessionmaker, upgrade
-from tests.conftest import start_gateway
+from tests.conftest import PG_URL, start_gateway
 
-PG_URL = os.environ.get("FLUXGATE_TEST_PG_URL")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="FLUXGATE_TEST_PG_URL is not set")
-
-
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG_URL or "", isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        await conn.execute(text(sql))
-    await engine.dispose()
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    name = f"fg_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}"))
-    yield make_url(PG_URL or "").set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def test_generation_ledger_and_restart_on_postgres(tmp_path: Path, pg_database: str) -> None:

@@ -20,9 +20,6 @@ import respx
 from gateway.jobs.tables import JobRow
 from tests.conftest import Gateway, ledger_of
 from tests.jobs.test_failover import PNG, A, channels
-from tests.test_postgres import PG_URL, pg_database
-
-__all__ = ["pg_database"]  # the fixture, re-exported for pytest
 
 T = TypeVar("T")
 PRICE = 40_000  # flux-kontext-pro's default price
@@ -67,17 +64,6 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowBfl]:
     with respx.mock(assert_all_called=False) as mock:
         mock.route(host="127.0.0.1").pass_through()
         yield SlowBfl(mock)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """One database URL for both replicas."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/shared.db"
-    if not PG_URL:
-        pytest.skip("FLUXGATE_TEST_PG_URL is not set")
-    url: str = request.getfixturevalue("pg_database")
-    return url
 
 
 def replica(gateway_factory: Callable[..., Gateway], tmp_path: Path, name: str, db: str,
@@ -147,12 +133,12 @@ def test_replica_starting_mid_submit_leaves_the_job_to_its_runner(
 
 
 def test_crashed_replicas_job_is_adopted_after_its_lease_and_not_resubmitted(
-        shared_db: str, upstream: SlowBfl, gateway_factory: Callable[..., Gateway],
+        any_database: str, upstream: SlowBfl, gateway_factory: Callable[..., Gateway],
         tmp_path: Path) -> None:
     """A dies (its tasks and heartbeat stop, its leases stay): B, already running, adopts the
     job once the lease has passed and follows A's upstream task to the end, charged once."""
-    a = replica(gateway_factory, tmp_path, "a", shared_db, **SHORT_LEASE)
-    b = replica(gateway_factory, tmp_path, "b", shared_db, **SHORT_LEASE)
+    a = replica(gateway_factory, tmp_path, "a", any_database, **SHORT_LEASE)
+    b = replica(gateway_factory, tmp_path, "b", any_database, **SHORT_LEASE)
     key_id, key = a.create_key(balance=1_000_000)
     upstream.accept.set()
     job_id = submit(a, key)
