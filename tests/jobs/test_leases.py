@@ -73,6 +73,19 @@ def replica(gateway_factory: Callable[..., Gateway], tmp_path: Path, name: str, 
     return gw
 
 
+def submitted_on_a(gateway_factory: Callable[..., Gateway], tmp_path: Path, db: str,
+                   upstream: SlowBfl) -> tuple[Gateway, Gateway, str, str]:
+    """Replicas A and B (short leases) on `db`, and a job A created and submitted upstream:
+    (a, b, key id, job id)."""
+    a = replica(gateway_factory, tmp_path, "a", db, **SHORT_LEASE)
+    b = replica(gateway_factory, tmp_path, "b", db, **SHORT_LEASE)
+    key_id, key = a.create_key(balance=1_000_000)
+    upstream.accept.set()
+    job_id = submit(a, key)
+    until(lambda: job(a, job_id).upstream_id, "A submitted the job")
+    return a, b, key_id, job_id
+
+
 def submit(gw: Gateway, key: str) -> str:
     """A job through the BFL-style API (answers at once; the job runs in the background)."""
     resp = httpx.post(f"{gw.base_url}/v1/flux-kontext-pro", headers={"x-key": key},
@@ -137,12 +150,7 @@ def test_crashed_replicas_job_is_adopted_after_its_lease_and_not_resubmitted(
         tmp_path: Path) -> None:
     """A dies (its tasks and heartbeat stop, its leases stay): B, already running, adopts the
     job once the lease has passed and follows A's upstream task to the end, charged once."""
-    a = replica(gateway_factory, tmp_path, "a", any_database, **SHORT_LEASE)
-    b = replica(gateway_factory, tmp_path, "b", any_database, **SHORT_LEASE)
-    key_id, key = a.create_key(balance=1_000_000)
-    upstream.accept.set()
-    job_id = submit(a, key)
-    until(lambda: job(a, job_id).upstream_id, "A submitted the job")
+    a, b, key_id, job_id = submitted_on_a(gateway_factory, tmp_path, any_database, upstream)
     a.call(a.services.jobs.close(release=False))  # a crash: nothing released
     b_runner = b.services.jobs.runner_id
     until(lambda: job(b, job_id).runner == b_runner, "B adopted the job")
@@ -159,12 +167,8 @@ def test_heartbeat_keeps_a_long_job_with_its_runner(
     """A job running for four leases stays with A: its heartbeat renews the lease, so B (which
     looks for passed leases five times a second) never adopts it."""
     db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
-    a = replica(gateway_factory, tmp_path, "a", db, **SHORT_LEASE)
-    b = replica(gateway_factory, tmp_path, "b", db, **SHORT_LEASE)
-    key_id, key = a.create_key(balance=1_000_000)
-    upstream.accept.set()
-    job_id = submit(a, key)
-    first = until(lambda: (row := job(a, job_id)).upstream_id and row, "A submitted the job")
+    a, b, key_id, job_id = submitted_on_a(gateway_factory, tmp_path, db, upstream)
+    first = job(a, job_id)
     assert first.lease_until is not None
     time.sleep(4 * 1.0)
     later = job(b, job_id)
@@ -186,12 +190,7 @@ def test_runner_that_stalled_past_its_lease_stops_its_copy(
     the job: B alone finishes it (one download, one charge)."""
     caplog.set_level(logging.WARNING, logger="gateway.jobs.service")
     db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
-    a = replica(gateway_factory, tmp_path, "a", db, **SHORT_LEASE)
-    b = replica(gateway_factory, tmp_path, "b", db, **SHORT_LEASE)
-    key_id, key = a.create_key(balance=1_000_000)
-    upstream.accept.set()
-    job_id = submit(a, key)
-    until(lambda: job(a, job_id).upstream_id, "A submitted the job")
+    a, b, key_id, job_id = submitted_on_a(gateway_factory, tmp_path, db, upstream)
     b_runner = b.services.jobs.runner_id
     adopted = threading.Event()
 
