@@ -240,3 +240,29 @@ def test_cancel_through_another_replica_stops_the_runner(
     balance, total, rows = ledger_of(b, key_id)
     assert rows == [("topup", 1_000_000), ("reserve", -PRICE), ("release", PRICE)]
     assert balance == total == 1_000_000
+
+
+def test_graceful_stop_hands_fifty_jobs_to_the_other_replica(
+        upstream: SlowBfl, gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A stops gracefully (what SIGTERM does: uvicorn's shutdown, then the lifespan) with 50
+    jobs waiting at the upstream: it exits well within 30 s and releases them; B takes all 50
+    over and finishes them, each downloaded once and charged once, none submitted twice."""
+    db = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    a = replica(gateway_factory, tmp_path, "a", db, **SHORT_LEASE)
+    b = replica(gateway_factory, tmp_path, "b", db, **SHORT_LEASE)
+    key_id, key = a.create_key(balance=10_000_000)
+    upstream.accept.set()
+    ids = [submit(a, key) for _ in range(50)]
+    until(lambda: all(job(a, i).upstream_id for i in ids), "A submitted all 50 jobs")
+    stopping = time.monotonic()
+    a.stop()
+    assert not a.thread.is_alive() and time.monotonic() - stopping < 30
+    b_runner = b.services.jobs.runner_id
+    until(lambda: all(job(b, i).runner == b_runner for i in ids), "B took all 50 over")
+    upstream.ready.set()
+    assert all(finished(b, i).status == "succeeded" for i in ids)
+    assert upstream.submits == 50 and upstream.downloads.call_count == 50
+    balance, total, rows = ledger_of(b, key_id)
+    kinds = [kind for kind, _ in rows]
+    assert (kinds.count("reserve"), kinds.count("settle"), kinds.count("release")) == (50, 50, 0)
+    assert balance == total == 10_000_000 - 50 * PRICE
