@@ -33,12 +33,15 @@ from gateway.api.deps import LimitedPrincipalDep, Principal, PrincipalDep, Servi
 from gateway.api.errors import DetailErrorRoute
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
+from gateway.api.openapi import DETAIL_CREATE_ERRORS, DETAIL_ERRORS
+from gateway.api.schemas import PROMPT_SCHEMA, AspectRatio, OutputFormatField
 from gateway.jobs import intake
+from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobStatus, Stage
 from gateway.jobs.orders import Order, OrderDesk
 from gateway.jobs.tables import JobRow
 
-router = APIRouter(route_class=DetailErrorRoute, tags=["bfl"])
+router = APIRouter(route_class=DetailErrorRoute, tags=["bfl"], responses=DETAIL_ERRORS)
 
 #: the BFL endpoints we serve, and our canonical model for each
 MODEL_PATHS = {"flux-kontext-pro": "flux-kontext-pro", "flux-kontext-max": "flux-kontext-max",
@@ -55,20 +58,32 @@ class BflKontextRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str
+    prompt: str = Field(json_schema_extra=PROMPT_SCHEMA)  # intake refuses a blank prompt
     input_image: str | None = None
     input_image_2: str | None = None
     input_image_3: str | None = None
     input_image_4: str | None = None
-    seed: int | None = None
-    aspect_ratio: str | None = None
-    output_format: str | None = None
+    seed: Annotated[int | None, Field(json_schema_extra={"minimum": -1, "maximum": MAX_SEED})
+                    ] = None
+    aspect_ratio: AspectRatio = None
+    output_format: OutputFormatField = None
     webhook_url: str | None = Field(default=None, max_length=2083)
     webhook_secret: str | None = None
     prompt_upsampling: bool | None = None
     safety_tolerance: int | None = Field(default=None, ge=0, le=6)
     guidance: float | None = None
     steps: int | None = None
+
+
+class BflResultResponse(BaseModel):
+    """BFL's `ResultResponse` (also the 404 answer, with status `Task not found`)."""
+
+    id: str
+    status: str
+    result: dict[str, Any] | None = None
+    progress: float | None = None
+    details: dict[str, Any] | None = None
+    preview: dict[str, Any] | None = None
 
 
 def polling_url(services: Services, job_id: str) -> str:
@@ -91,7 +106,7 @@ def _make_create(model: str) -> Callable[..., Awaitable[Response]]:
 
 for _path, _model in MODEL_PATHS.items():
     router.add_api_route(f"/v1/{_path}", _make_create(_model), methods=["POST"],
-                         summary=f"BFL-style {_path}")
+                         summary=f"BFL-style {_path}", responses=DETAIL_CREATE_ERRORS)
 
 
 async def _create(gate: Gate, model: str, body: BflKontextRequest, principal: Principal,
@@ -163,7 +178,9 @@ def result_body(services: Services, row: JobRow) -> dict[str, Any]:
     return body
 
 
-@router.get("/v1/get_result")
+@router.get("/v1/get_result", responses={
+    200: {"model": BflResultResponse},
+    404: {"model": BflResultResponse, "description": "Task not found"}})
 async def get_result(principal: PrincipalDep, services: ServicesDep,
                      id: Annotated[str, Query(max_length=100)]) -> JSONResponse:
     """The state of a task this key created; `Task not found` (404) for any other id."""

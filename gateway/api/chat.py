@@ -43,6 +43,7 @@ from gateway.api.deps import (
 from gateway.api.errors import stream_error_event
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
+from gateway.api.openapi import OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.own_files import attach_refs
 from gateway.api.schemas import (
     ChatCompletion,
@@ -65,7 +66,7 @@ from gateway.jobs.tables import JobRow
 from gateway.models import resolve_model
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(responses=OPENAI_ERRORS)
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PARAM = "messages"
@@ -158,7 +159,10 @@ async def events(services: Services, reply: Reply, job_id: str, prompt: str,
             log.info("chat client left during job %s; the job continues and is stored", job_id)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={**OPENAI_CREATE_ERRORS, 200: {
+    "description": "The completion (JSON), or with `stream: true` its chunks as server-sent "
+                   "events",
+    "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}}}})
 async def create_chat_completion(request: Request, body: ChatCompletionRequest,
                                  principal: LimitedPrincipalDep, services: ServicesDep,
                                  desk: DeskDep) -> Response:

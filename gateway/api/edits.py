@@ -35,6 +35,7 @@ from adapters.buckets import MAX_RATIO, MIN_RATIO
 from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of, images_response, parse_response_format
+from gateway.api.openapi import EDIT_REQUEST_BODY, OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.schemas import ImageEditRequest, ImageRef
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from gateway.images.fetch import ImageFetcher
@@ -43,7 +44,7 @@ from gateway.jobs.orders import Order, OrderDesk
 from gateway.models import resolve_model
 from gateway.settings import LimitSettings
 
-router = APIRouter()
+router = APIRouter(responses=OPENAI_ERRORS)
 
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 _FORM_OVERHEAD = 1024 * 1024  # text fields and multipart framing
@@ -223,7 +224,8 @@ def canonical_form(form: EditForm) -> dict[str, object]:
             "mask": digest(form.mask) if form.mask is not None else None}
 
 
-@router.post("/v1/images/edits")
+@router.post("/v1/images/edits", openapi_extra=EDIT_REQUEST_BODY,
+             responses=OPENAI_CREATE_ERRORS)
 async def create_edit(request: Request, principal: LimitedPrincipalDep, services: ServicesDep,
                       desk: DeskDep) -> Response:
     """Edit the input image(s) as `prompt` says, `n` times, and wait for the results."""

@@ -6,11 +6,12 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from gateway.api.deps import PrincipalDep, ServicesDep
+from gateway.api.openapi import OPENAI_ERRORS
 from gateway.api.schemas import ModelCard, ModelList
 from gateway.errors import NotFound
 from gateway.models import resolve_model
 
-router = APIRouter()
+router = APIRouter(responses=OPENAI_ERRORS)
 _CREATED = 1748736000  # 2025-06-01: the Kontext release month; stable for model pickers
 
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep, from_sandbox
 from gateway.api.guards import Gate, idempotent
+from gateway.api.openapi import OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.schemas import ImageGenerationRequest
 from gateway.errors import InvalidRequest, Timeout
 from gateway.jobs import intake
@@ -20,7 +21,7 @@ from gateway.jobs.service import job_error
 from gateway.jobs.tables import JobRow
 from gateway.models import resolve_model
 
-router = APIRouter()
+router = APIRouter(responses=OPENAI_ERRORS)
 
 
 def get_desk(services: ServicesDep) -> OrderDesk:
@@ -76,7 +77,7 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
     return answer
 
 
-@router.post("/v1/images/generations")
+@router.post("/v1/images/generations", responses=OPENAI_CREATE_ERRORS)
 async def create_image(request: Request, body: ImageGenerationRequest,
                        principal: LimitedPrincipalDep, services: ServicesDep,
                        desk: DeskDep) -> Response:

@@ -33,23 +33,26 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.api.deps import LimitedPrincipalDep, Principal, PrincipalDep, Services, ServicesDep
 from gateway.api.edits import bounded
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
+from gateway.api.openapi import FILE_REQUEST_BODY, REPLICATE_CREATE_ERRORS, REPLICATE_ERRORS
 from gateway.api.own_files import attach_refs
+from gateway.api.schemas import PROMPT_SCHEMA, RATIOS
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gateway.jobs import intake
+from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobSpec, JobStatus, OutputFormat
 from gateway.jobs.orders import Order, OrderDesk
 from gateway.jobs.tables import JobRow
 from gateway.models import MODELS, resolve_model
 from gateway.storage.tables import FileRow
 
-router = APIRouter(prefix="/replicate")
+router = APIRouter(prefix="/replicate", responses=REPLICATE_ERRORS)
 
 OWNER = "black-forest-labs"
 VERSION = "hidden"  # what Replicate shows for official models; the clients need a string
@@ -65,12 +68,32 @@ _FORMAT_NAMES = {"jpeg": "jpg"}  # Replicate's enum says jpg
 _WAIT_RE = re.compile(r"^\s*wait\s*(?:=\s*(\d+)\s*)?$", re.IGNORECASE)
 
 
+#: the documented shape of a prediction's `input` (Replicate's Kontext schema; checked by
+#: `order_for`, not by the model, so the errors stay Replicate-style)
+PREDICTION_INPUT: dict[str, Any] = {
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {"type": "string", **PROMPT_SCHEMA},
+        "input_image": {"type": "string", "description": "URL, data URL or uploaded file URL"},
+        "aspect_ratio": {"type": "string", "enum": [*RATIOS, "match_input_image"]},
+        "seed": {"type": "integer", "minimum": -1, "maximum": MAX_SEED},
+        "output_format": {"type": "string", "enum": ["png", "jpg", "jpeg", "webp"]},
+        "safety_tolerance": {"type": "integer", "minimum": 0, "maximum": 6},
+        "prompt_upsampling": {"type": "boolean"},
+        "go_fast": {"type": "boolean"},
+        "guidance": {"type": "number", "minimum": 0, "maximum": 10},
+        "num_inference_steps": {"type": "integer", "minimum": 4, "maximum": 50},
+        "output_quality": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+}
+
+
 class PredictionRequest(BaseModel):
     """The body of an official model's create call (unknown fields are ignored)."""
 
     model_config = ConfigDict(extra="allow")
 
-    input: dict[str, Any]
+    input: dict[str, Any] = Field(json_schema_extra=PREDICTION_INPUT)
     webhook: str | None = None
     webhook_events_filter: list[str] | None = None
     stream: bool | None = None
@@ -218,7 +241,8 @@ async def _own_job(services: Services, principal: Principal, prediction_id: str)
     return row
 
 
-@router.post("/v1/models/{owner}/{name}/predictions", status_code=201)
+@router.post("/v1/models/{owner}/{name}/predictions", status_code=201,
+             responses=REPLICATE_CREATE_ERRORS)
 async def create_prediction(owner: str, name: str, body: PredictionRequest, request: Request,
                             principal: LimitedPrincipalDep, services: ServicesDep,
                             desk: DeskDep) -> Response:
@@ -271,7 +295,8 @@ async def cancel_prediction(prediction_id: str, principal: PrincipalDep,
     return JSONResponse(await prediction(services, row))
 
 
-@router.post("/v1/files", status_code=201)
+@router.post("/v1/files", status_code=201, openapi_extra=FILE_REQUEST_BODY,
+              responses=REPLICATE_CREATE_ERRORS)
 async def create_file(request: Request, principal: LimitedPrincipalDep, services: ServicesDep,
                       desk: DeskDep) -> JSONResponse:
     """Store an uploaded image (multipart part `content`, optional `metadata` JSON) and

@@ -2,22 +2,55 @@
 
 Requests accept unknown fields (OpenAI's `quality`, `style`, `background`, `moderation`, ...)
 and ignore them. Numbers and booleans are typed loosely because resellers' clients send
-strings; `gateway.jobs.intake` parses them with clear errors.
+strings; `gateway.jobs.intake` parses them with clear errors. Their OpenAPI schema documents
+the canonical values the parsers accept (`WithJsonSchema`: documented, not enforced here, so
+the errors stay intake's).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    WithJsonSchema,
     model_serializer,
 )
 
+from gateway.jobs.intake import MAX_SEED
+
 Loose = int | float | str | bool | None
+
+
+def _documented(schema: dict[str, Any], description: str) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [schema, {"type": "null"}], "description": description})
+
+
+#: loosely typed fields, documented by what intake accepts (numbers may also come as strings)
+N = Annotated[Loose, _documented({"type": "integer", "minimum": 1, "maximum": 4},
+                                 "Images to make, 1 to 4.")]
+Seed = Annotated[Loose, _documented({"type": "integer", "minimum": -1, "maximum": MAX_SEED},
+                                    "Seed; -1 or absent for a random one.")]
+Safety = Annotated[Loose, _documented({"type": "integer", "minimum": 0, "maximum": 6},
+                                      "Moderation tolerance, 0 (strict) to 6.")]
+Flag = Annotated[Loose, _documented({"type": "boolean"}, "true or false.")]
+#: the aspect ratios Kontext makes (any W:H or WxH between 21:9 and 9:21 is accepted)
+RATIOS = ("21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21")
+AspectRatio = Annotated[str | None, _documented(
+    {"type": "string", "enum": [*RATIOS, "match_input_image", "auto"]},
+    "W:H between 21:9 and 9:21 (e.g. 16:9), or match_input_image/auto.")]
+Size = Annotated[str | None, _documented(
+    {"type": "string", "enum": ["1024x1024", "1536x1024", "1024x1536", "1024x768", "auto"]},
+    "WxH (only its aspect ratio counts, 21:9 to 9:21), or auto.")]
+OutputFormatField = Annotated[str | None, _documented(
+    {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]}, "png, jpeg or webp.")]
+ResponseFormat = Annotated[str | None, _documented(
+    {"type": "string", "enum": ["url", "b64_json"]}, "url or b64_json; absent: both.")]
+#: a prompt with some text (an empty or blank prompt is refused)
+PROMPT_SCHEMA: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
 
 
 class KontextImageFields(BaseModel):
@@ -27,15 +60,15 @@ class KontextImageFields(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    n: Loose = None
-    size: str | None = None
-    response_format: str | None = None
+    n: N = None
+    size: Size = None
+    response_format: ResponseFormat = None
     user: str | None = None
-    aspect_ratio: str | None = None
-    seed: Loose = None
-    output_format: str | None = None
-    safety_tolerance: Loose = None
-    prompt_upsampling: Loose = None
+    aspect_ratio: AspectRatio = None
+    seed: Seed = None
+    output_format: OutputFormatField = None
+    safety_tolerance: Safety = None
+    prompt_upsampling: Flag = None
     webhook_url: str | None = None
     webhook_secret: str | None = None
 
@@ -43,7 +76,7 @@ class KontextImageFields(BaseModel):
 class ImageGenerationRequest(KontextImageFields):
     """POST /v1/images/generations (OpenAI fields plus the Kontext fields at the top level)."""
 
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, json_schema_extra=PROMPT_SCHEMA)
     input_image: str | None = None
     input_image_2: str | None = None
     input_image_3: str | None = None
@@ -114,12 +147,12 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: Loose = None
     max_tokens: Loose = None
     max_completion_tokens: Loose = None
-    size: str | None = None
-    aspect_ratio: str | None = None
-    seed: Loose = None
-    output_format: str | None = None
-    safety_tolerance: Loose = None
-    prompt_upsampling: Loose = None
+    size: Size = None
+    aspect_ratio: AspectRatio = None
+    seed: Seed = None
+    output_format: OutputFormatField = None
+    safety_tolerance: Safety = None
+    prompt_upsampling: Flag = None
 
 
 class ImageURL(BaseModel):

@@ -10,13 +10,15 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import WithJsonSchema
 
 from billing import usage
 from billing.pricing import from_micro
 from gateway.api.deps import PrincipalDep, ServicesDep
+from gateway.api.openapi import OPENAI_ERRORS
 from gateway.errors import InvalidRequest
 
-router = APIRouter()
+router = APIRouter(responses=OPENAI_ERRORS)
 
 
 def parse_when(value: str | None, param: str) -> datetime | None:
@@ -29,13 +31,17 @@ def parse_when(value: str | None, param: str) -> datetime | None:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
         parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError, OSError) as exc:  # out of range: not a 500
         raise InvalidRequest(f"Invalid {param}: use an ISO date or unix seconds.",
                              param=param) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-SinceQ = Annotated[str | None, Query(description="ISO date/datetime or unix seconds")]
+SinceQ = Annotated[str | None, Query(description="ISO date/datetime or unix seconds"),
+                   WithJsonSchema({"anyOf": [{"type": "string", "format": "date"},
+                                             {"type": "string", "format": "date-time"},
+                                             {"type": "string", "pattern": r"^\d{1,10}$"},
+                                             {"type": "null"}]})]
 
 
 def report_body(report: usage.UsageReport, currency: str) -> dict[str, Any]:
