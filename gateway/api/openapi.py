@@ -134,6 +134,10 @@ _EDIT_TEXT_FIELDS: dict[str, Any] = {
 }
 _IMAGE_REF = {"type": "string", "minLength": 1,
               "description": "An image as an http(s) URL, a data URL or base64."}
+#: OpenAI's `{"image_url": ...}` (other keys must be strings too)
+_IMAGE_OBJECT = {"type": "object", "required": ["image_url"],
+                 "properties": {"image_url": _IMAGE_REF},
+                 "additionalProperties": {"type": ["string", "null"]}}
 
 #: `openapi_extra` of POST /v1/images/edits, whose body is parsed by hand (multipart or JSON)
 EDIT_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -159,11 +163,8 @@ EDIT_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content"
             "steps": {"type": "integer"},
             "image": {"anyOf": [_IMAGE_REF,
                                 {"type": "array", "items": _IMAGE_REF, "maxItems": 4}]},
-            "images": {"type": "array", "maxItems": 4, "items": {
-                "type": "object", "required": ["image_url"],
-                "properties": {"image_url": _IMAGE_REF}}},
-            "mask": {"anyOf": [_IMAGE_REF, {"type": "object", "required": ["image_url"],
-                                            "properties": {"image_url": _IMAGE_REF}}]},
+            "images": {"type": "array", "maxItems": 4, "items": _IMAGE_OBJECT},
+            "mask": {"anyOf": [_IMAGE_REF, _IMAGE_OBJECT]},
         },
     }},
 }}}
@@ -171,10 +172,10 @@ EDIT_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content"
 #: `openapi_extra` of POST /replicate/v1/files (multipart, parsed by hand)
 FILE_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
-        "type": "object", "required": ["content"],
+        "type": "object", "required": ["content"], "additionalProperties": False,
         "properties": {
             "content": _binary("The image file (PNG, JPEG, WebP, ...)."),
-            "metadata": {"type": "string", "description": "Optional JSON object, as text."},
+            "metadata": {"type": "object", "description": "Optional JSON object."},
         },
-    }},
+    }, "encoding": {"metadata": {"contentType": "application/json"}}},
 }}}
