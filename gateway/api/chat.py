@@ -20,6 +20,8 @@ job history.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import secrets
@@ -40,10 +42,11 @@ from gateway.api.deps import (
     ServicesDep,
     from_sandbox,
 )
+from gateway.api.edits import body_limit, bounded, validated
 from gateway.api.errors import stream_error_event
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
-from gateway.api.openapi import OPENAI_CREATE_ERRORS, OPENAI_ERRORS
+from gateway.api.openapi import CHAT_REQUEST_BODY, OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.own_files import attach_refs
 from gateway.api.schemas import (
     ChatCompletion,
@@ -57,13 +60,14 @@ from gateway.api.schemas import (
     CompletionUsage,
     ImageURL,
 )
-from gateway.errors import GatewayError, Timeout
+from gateway.errors import GatewayError, InvalidRequest, Timeout
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
 from gateway.jobs.orders import Order, OrderDesk
 from gateway.jobs.service import job_error
 from gateway.jobs.tables import JobRow
 from gateway.models import resolve_model
+from gateway.settings import LimitSettings
 
 log = logging.getLogger(__name__)
 router = APIRouter(responses=OPENAI_ERRORS)
@@ -159,21 +163,47 @@ async def events(services: Services, reply: Reply, job_id: str, prompt: str,
             log.info("chat client left during job %s; the job continues and is stored", job_id)
 
 
-@router.post("/v1/chat/completions", responses={**OPENAI_CREATE_ERRORS, 200: {
-    "description": "The completion (JSON), or with `stream: true` its chunks as server-sent "
-                   "events",
-    "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}}}})
-async def create_chat_completion(request: Request, body: ChatCompletionRequest,
-                                 principal: LimitedPrincipalDep, services: ServicesDep,
-                                 desk: DeskDep) -> Response:
+async def read_chat_request(request: Request, limits: LimitSettings,
+                            ) -> tuple[ChatCompletionRequest, dict[str, object]]:
+    """The request and its idempotency fingerprint, parsed here rather than as a FastAPI body
+    parameter: FastAPI would keep the raw bytes and the parsed JSON alive until the answer
+    ends (a stream runs for minutes, and shells send images as data URLs of up to 20 MB
+    each). Here each form is dropped once the next exists, and none outlives placing the job."""
+    raw = bytearray()
+    async for chunk in bounded(request, body_limit(limits), "a chat request"):
+        raw += chunk
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
+    del raw
+    body = validated(ChatCompletionRequest, data)
+    canonical: dict[str, object] = {}
+    if not body.stream and "idempotency-key" in request.headers:  # only then is it needed
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          default=str)
+        canonical["json_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    return body, canonical
+
+
+@router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST_BODY,
+             responses={**OPENAI_CREATE_ERRORS, 200: {
+                 "description": "The completion (JSON), or with `stream: true` its chunks as "
+                                "server-sent events",
+                 "content": {"application/json": {},
+                             "text/event-stream": {"schema": {"type": "string"}}}}})
+async def create_chat_completion(request: Request, principal: LimitedPrincipalDep,
+                                 services: ServicesDep, desk: DeskDep) -> Response:
     """Generate or edit one image from a conversation (see the module docstring). Counts
     against the key's rate limit and jobs-in-flight cap; `Idempotency-Key` is honoured for
     `stream: false` (a stream cannot be replayed, so streams ignore it)."""
+    body, canonical = await read_chat_request(request, services.settings.limits)
     if body.stream:
         return await _stream(request, Gate(services, principal), body, principal, services,
                              desk)
     return await idempotent(request, principal, services,
-                            lambda gate: _complete(gate, body, principal, services, desk))
+                            lambda gate: _complete(gate, body, principal, services, desk),
+                            canonical=canonical)
 
 
 async def _place(gate: Gate, body: ChatCompletionRequest, principal: Principal,

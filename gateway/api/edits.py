@@ -24,10 +24,11 @@ import re
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -49,6 +50,7 @@ router = APIRouter(responses=OPENAI_ERRORS)
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 _FORM_OVERHEAD = 1024 * 1024  # text fields and multipart framing
 _MAX_FIELDS = 200
+M = TypeVar("M", bound=BaseModel)
 #: width/height range of edit inputs (Kontext: 3:7 .. 7:3)
 EDIT_RATIO = (MIN_RATIO, MAX_RATIO)
 
@@ -70,23 +72,24 @@ def body_limit(limits: LimitSettings) -> int:
     return (limits.max_input_images + 1) * limits.max_image_bytes * 4 // 3 + _FORM_OVERHEAD
 
 
-async def bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+async def bounded(request: Request, limit: int, what: str = "an edit request",
+                  ) -> AsyncGenerator[bytes, None]:
     """The request body, chunk by chunk; raises PayloadTooLarge once more than `limit` bytes
     arrived (whatever Content-Length says, and with none, as in chunked uploads)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(_too_large(limit))
+        raise PayloadTooLarge(_too_large(limit, what))
     total = 0
     async with aclosing(request.stream()) as stream:
         async for chunk in stream:
             total += len(chunk)
             if total > limit:
-                raise PayloadTooLarge(_too_large(limit))
+                raise PayloadTooLarge(_too_large(limit, what))
             yield chunk
 
 
-def _too_large(limit: int) -> str:
-    return f"The request body is larger than {limit} bytes, the limit for an edit request."
+def _too_large(limit: int, what: str) -> str:
+    return f"The request body is larger than {limit} bytes, the limit for {what}."
 
 
 def _image_param(index: int, count: int) -> str:
@@ -104,11 +107,13 @@ async def _read_upload(upload: UploadFile, param: str, limits: LimitSettings) ->
     return await upload.read()
 
 
-def _validate_body(data: object) -> ImageEditRequest:
+def validated(model: type[M], data: object) -> M:
+    """`data` (a parsed JSON body or form fields) as `model`; InvalidRequest naming the first
+    bad field, worded as for FastAPI-parsed bodies."""
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     try:
-        return ImageEditRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err.get("loc", ())) or None
@@ -148,7 +153,7 @@ async def read_multipart(request: Request, limits: LimitSettings, desk: OrderDes
                 mask_part = value
             elif isinstance(value, str):
                 fields[name] = value
-        body = _validate_body(fields)
+        body = validated(ImageEditRequest, fields)
         desk.check_image_count(len(parts))
         out = EditForm(body=body)
         for i, part in enumerate(parts):
@@ -177,7 +182,7 @@ async def read_json(request: Request, limits: LimitSettings, desk: OrderDesk) ->
     except ValueError as exc:  # UnicodeDecodeError included
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
     del text
-    body = _validate_body(data)
+    body = validated(ImageEditRequest, data)
     del data
     refs: list[ImageRef] = []
     if isinstance(body.image, list):

@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from gateway.api.schemas import ChatCompletionRequest
+
 
 class OpenAIErrorObject(BaseModel):
     message: str
@@ -179,3 +181,26 @@ FILE_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content"
         },
     }, "encoding": {"metadata": {"contentType": "application/json"}}},
 }}}
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """`schema` with its `#/$defs/...` references replaced by the definitions (no cycles)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
+
+
+def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON body that the route parses by hand."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _inlined(schema, schema.get("$defs", {}))}}}}
+
+
+#: POST /v1/chat/completions reads its JSON body itself (see gateway/api/chat.py)
+CHAT_REQUEST_BODY = json_request_body(ChatCompletionRequest)

@@ -480,3 +480,50 @@ def test_cors_origins_are_configurable(gateway_factory: Any) -> None:
     refused = preflight(gw, "https://elsewhere.example")
     assert refused.status_code == 400
     assert "access-control-allow-origin" not in refused.headers
+
+
+def test_a_20_mb_data_url_is_not_held_while_the_stream_runs(gateway: Gateway,
+                                                             api_key: str) -> None:
+    """Chat shells send pictures as data URLs. While a streamed answer waits for its job, the
+    request's bytes and parsed JSON must be gone: only the job's own copy of the input stays
+    (before, FastAPI kept the raw body and the parsed JSON until the stream ended: ~3.7x)."""
+    import gc
+    import random
+    import threading
+    import tracemalloc
+
+    rnd = random.Random(5)
+    image = Image.frombytes("RGB", (2600, 2600), rnd.randbytes(2600 * 2600 * 3))
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=0)
+    size = buf.tell() / 1e6
+    assert 19 < size < 21
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    part = '{"type": "image_url", "image_url": {"url": "' + url + '"}}'
+    content = ('{"model": "' + MODEL + '", "stream": true, "messages": [{"role": "user", '
+               '"content": [{"type": "text", "text": "make it blue sandbox:latency=5"}, '
+               + part + ']}]}').encode()
+    del part
+    del url, buf, image
+    out: dict[str, str] = {}
+
+    def post() -> None:
+        with httpx.stream("POST", f"{gateway.base_url}/v1/chat/completions", content=content,
+                          timeout=120, headers={"authorization": f"Bearer {api_key}",
+                                                "content-type": "application/json"}) as resp:
+            out["text"] = resp.read().decode()
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        thread = threading.Thread(target=post)
+        thread.start()
+        time.sleep(3.0)  # the job (5 s) is running; the stream is waiting for it
+        gc.collect()
+        held = (tracemalloc.get_traced_memory()[0] - base) / 1e6
+        thread.join()
+    finally:
+        tracemalloc.stop()
+    assert out["text"].rstrip().endswith("data: [DONE]") and "![" in out["text"]
+    assert held < 1.5 * size, (held, size)
