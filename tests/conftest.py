@@ -94,6 +94,29 @@ def wait_for_job(gw: Gateway, key_id: str, *, submitted: bool = True,
         time.sleep(0.05)
 
 
+def traced_while(request: Callable[[], None], after: float = 3.0) -> tuple[float, float]:
+    """Run `request` in a thread; (MB allocated and still held `after` seconds in, peak MB),
+    both over the start. The server runs in this process, so tracemalloc sees its
+    allocations (and the client's): give `request` a job slower than `after`."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        thread = threading.Thread(target=request)
+        thread.start()
+        time.sleep(after)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        thread.join()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return held / 1e6, peak / 1e6
+
+
 def ledger_of(gw: Gateway, key_id: str) -> tuple[int, int, list[tuple[str, int]]]:
     """(balance, sum of ledger rows, [(kind, amount)] in order) of a key."""
     async def go() -> tuple[int, int, list[tuple[str, int]]]:

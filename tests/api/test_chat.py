@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from billing.tables import ApiKeyRow, LedgerRow
 from gateway.jobs.tables import JobRow
-from tests.conftest import Gateway, ImageServer, jobs_of, png_bytes
+from tests.conftest import Gateway, ImageServer, jobs_of, png_bytes, traced_while
 
 MODEL = "flux-kontext-pro"
 _MD_IMAGE = re.compile(r"^!\[image \(sandbox[^\]]*\]\((http://[^)]+/files/file_[^)]+)\)$")
@@ -487,10 +487,7 @@ def test_a_20_mb_data_url_is_not_held_while_the_stream_runs(gateway: Gateway,
     """Chat shells send pictures as data URLs. While a streamed answer waits for its job, the
     request's bytes and parsed JSON must be gone: only the job's own copy of the input stays
     (before, FastAPI kept the raw body and the parsed JSON until the stream ended: ~3.7x)."""
-    import gc
     import random
-    import threading
-    import tracemalloc
 
     rnd = random.Random(5)
     image = Image.frombytes("RGB", (2600, 2600), rnd.randbytes(2600 * 2600 * 3))
@@ -513,17 +510,6 @@ def test_a_20_mb_data_url_is_not_held_while_the_stream_runs(gateway: Gateway,
                                                 "content-type": "application/json"}) as resp:
             out["text"] = resp.read().decode()
 
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        thread = threading.Thread(target=post)
-        thread.start()
-        time.sleep(3.0)  # the job (5 s) is running; the stream is waiting for it
-        gc.collect()
-        held = (tracemalloc.get_traced_memory()[0] - base) / 1e6
-        thread.join()
-    finally:
-        tracemalloc.stop()
+    held, _ = traced_while(post)  # 3 s in, the job (5 s) runs and the stream waits for it
     assert out["text"].rstrip().endswith("data: [DONE]") and "![" in out["text"]
     assert held < 1.5 * size, (held, size)

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from gateway.jobs.tables import JobRow
-from tests.conftest import Gateway, ImageServer, png_bytes
+from tests.conftest import Gateway, ImageServer, png_bytes, traced_while
 
 RED, INVERTED_RED = (200, 30, 30), (55, 225, 225)
 BLUE = (20, 40, 220)
@@ -512,12 +512,7 @@ def _big_png() -> bytes:
 
 
 def _traced_edit(gw: Gateway, key: str, **kwargs: Any) -> tuple[httpx.Response, float, float]:
-    """Post an edit whose job takes 5 s; (response, MB traced while the job runs, peak MB).
-    The server runs in this process, so tracemalloc sees its allocations (and the client's)."""
-    import gc
-    import threading
-    import tracemalloc
-
+    """Post an edit whose job takes 5 s; (response, MB traced while the job runs, peak MB)."""
     out: dict[str, httpx.Response] = {}
     headers = {"authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
 
@@ -525,20 +520,8 @@ def _traced_edit(gw: Gateway, key: str, **kwargs: Any) -> tuple[httpx.Response, 
         out["r"] = httpx.post(f"{gw.base_url}/v1/images/edits", headers=headers, timeout=120,
                               **kwargs)
 
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        thread = threading.Thread(target=post)
-        thread.start()
-        time.sleep(3.0)  # the job (sandbox:latency=5) is running; the request is waiting
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - base
-        thread.join()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    return out["r"], held / 1e6, peak / 1e6
+    held, peak = traced_while(post)  # 3 s in, the job (sandbox:latency=5) is running
+    return out["r"], held, peak
 
 
 @pytest.mark.parametrize("shape", ["multipart", "json data URL"])
