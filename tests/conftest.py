@@ -70,12 +70,14 @@ class Gateway:
         self.thread.join(timeout=30)
 
 
-def jobs_of(gw: Gateway, key_id: str) -> list[JobRow]:
-    """A key's job rows, oldest first."""
+def jobs_of(gw: Gateway, key_id: str | None = None) -> list[JobRow]:
+    """A key's job rows (every key's without one), oldest first."""
     async def go() -> list[JobRow]:
+        query = select(JobRow).order_by(JobRow.created_at)
+        if key_id is not None:
+            query = query.where(JobRow.key_id == key_id)
         async with gw.services.sessions() as s:
-            return list((await s.execute(select(JobRow).where(JobRow.key_id == key_id)
-                                         .order_by(JobRow.created_at))).scalars())
+            return list((await s.execute(query)).scalars())
     result: list[JobRow] = gw.call(go())
     return result
 

@@ -9,6 +9,7 @@ decimal strings/numbers in the currency unit for `amount` and `balance`.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -16,12 +17,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import keys, ledger, usage
 from billing.errors import InvalidKey
 from billing.pricing import to_micro
 from billing.tables import ApiKeyRow
-from gateway.api.deps import ServicesDep
+from gateway.api.deps import Services, ServicesDep
 from gateway.api.usage import SinceQ, parse_when, report_body
 from gateway.errors import AuthenticationError, InvalidRequest, NotFound
 from gateway.jobs import channel_state
@@ -166,32 +168,35 @@ async def update_key(key_id: str, body: KeyUpdate, services: ServicesDep) -> dic
     return key_view(row)
 
 
+async def _change_balance(services: Services, key_id: str,
+                          change: Callable[[AsyncSession], Awaitable[object]]) -> dict[str, Any]:
+    """Apply a ledger `change` to an existing key in one transaction; the key as it is after."""
+    async with services.sessions.begin() as session:
+        await _key(session, key_id)
+        await change(session)
+        row = await _key(session, key_id)
+        await session.refresh(row)
+    return key_view(row)
+
+
 @router.post("/keys/{key_id}/topup")
 async def top_up(key_id: str, body: Money, services: ServicesDep) -> dict[str, Any]:
     amount = money(body.amount, body.amount_micro, "amount")
     if amount is None or amount <= 0:
         raise InvalidRequest("A top-up needs a positive amount.", param="amount")
-    async with services.sessions.begin() as session:
-        await _key(session, key_id)
-        await ledger.top_up(session, key_id, amount, note=body.note)
-        row = await _key(session, key_id)
-        await session.refresh(row)
-    return key_view(row)
+    return await _change_balance(services, key_id, lambda session: ledger.top_up(
+        session, key_id, amount, note=body.note))
 
 
 @router.post("/keys/{key_id}/adjust")
 async def adjust(key_id: str, body: Money, services: ServicesDep) -> dict[str, Any]:
     """A signed correction with a reason (`note`); refuses to take a prepaid key below 0."""
-    amount = money(body.amount, body.amount_micro, "amount")
-    if not amount or not body.note:
+    amount, note = money(body.amount, body.amount_micro, "amount"), body.note
+    if not amount or not note:
         raise InvalidRequest("An adjustment needs a non-zero amount and a note.",
                              param="amount")
-    async with services.sessions.begin() as session:
-        await _key(session, key_id)
-        await ledger.adjustment(session, key_id, amount, note=body.note)
-        row = await _key(session, key_id)
-        await session.refresh(row)
-    return key_view(row)
+    return await _change_balance(services, key_id, lambda session: ledger.adjustment(
+        session, key_id, amount, note=note))
 
 
 @router.post("/keys/{key_id}/revoke")

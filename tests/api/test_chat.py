@@ -16,7 +16,6 @@ from PIL import Image
 from sqlalchemy import select
 
 from billing.tables import ApiKeyRow, LedgerRow
-from gateway.jobs.tables import JobRow
 from tests.conftest import Gateway, ImageServer, jobs_of, png_bytes, traced_while
 
 MODEL = "flux-kontext-pro"
@@ -188,17 +187,9 @@ def test_edit_from_url_in_text(gateway: Gateway, api_key: str, image_server: Ima
     image = fetch(image_url_of(content))
     assert image.size == (1184, 880)  # the 4:3 input's bucket
     assert center(image) == (55, 225, 225)  # the sandbox inverts the first input
-    [job] = [j for j in jobs_of_all(gateway) if j.operation == "edit"]
+    [job] = [j for j in jobs_of(gateway) if j.operation == "edit"]
     assert job.prompt in ("make her wear sunglasses", "Please take and make her wear sunglasses")
     assert job.surface == "openai.chat"
-
-
-def jobs_of_all(gw: Gateway) -> list[JobRow]:
-    async def go() -> list[JobRow]:
-        async with gw.services.sessions() as s:
-            return list((await s.execute(select(JobRow))).scalars())
-    result: list[JobRow] = gw.call(go())
-    return result
 
 
 async def test_edit_from_image_url_data_part(gateway: Gateway, api_key: str) -> None:
@@ -228,7 +219,7 @@ def test_edit_from_lobechat_files_info(gateway: Gateway, api_key: str,
     result = client(gateway, api_key).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": text}])
     assert center(fetch(image_url_of(result.choices[0].message.content or ""))) == (255, 255, 0)
-    [job] = jobs_of_all(gateway)
+    [job] = jobs_of(gateway)
     assert job.prompt == "make it a watercolour"
 
 
@@ -259,7 +250,7 @@ def test_three_turn_conversation_edits_the_previous_answer(gateway: Gateway, api
     assert [center(i) for i in images] == [(55, 225, 225), (200, 30, 30), (55, 225, 225)]
     assert {i.size for i in images} == {(1184, 880)}
     assert image_server.hits == ["girl.png"]  # later turns edit the gateway's own answers
-    jobs = sorted(jobs_of_all(gateway), key=lambda j: j.created_at)
+    jobs = sorted(jobs_of(gateway), key=lambda j: j.created_at)
     assert [j.prompt for j in jobs] == ["make it blue", "now brighter", "now make it night"]
     assert [j.operation for j in jobs] == ["edit"] * 3
 

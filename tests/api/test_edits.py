@@ -20,8 +20,7 @@ import openai
 import pytest
 from PIL import Image
 
-from gateway.jobs.tables import JobRow
-from tests.conftest import Gateway, ImageServer, png_bytes, traced_while
+from tests.conftest import Gateway, ImageServer, jobs_of, png_bytes, traced_while
 
 RED, INVERTED_RED = (200, 30, 30), (55, 225, 225)
 BLUE = (20, 40, 220)
@@ -50,17 +49,6 @@ def noise(size: tuple[int, int], seed: int = 1) -> Image.Image:
 
 def submitted(gw: Gateway) -> int:
     return sum(getattr(c.adapter, "submitted", 0) for c in gw.services.router.channels)
-
-
-def jobs(gw: Gateway) -> list[JobRow]:
-    from sqlalchemy import select
-
-    async def go() -> list[JobRow]:
-        async with gw.services.sessions() as session:
-            return list((await session.execute(select(JobRow))).scalars())
-
-    result: list[JobRow] = gw.call(go())
-    return result
 
 
 def multipart(parts: list[tuple[str, bytes | str, str | None, str | None]],
@@ -106,7 +94,7 @@ def test_sdk_one_image(gateway: Gateway, api_key: str) -> None:
     assert image.size == (1184, 880)  # the 4:3 input's bucket: match_input_image
     assert image.convert("RGB").getpixel((592, 440)) == INVERTED_RED
     assert result.data[0].revised_prompt == "make it night"
-    [row] = jobs(gateway)
+    [row] = jobs_of(gateway)
     assert row.operation == "edit" and len(row.spec["input_file_ids"]) == 1
 
 
@@ -119,7 +107,7 @@ def test_sdk_image_list_keeps_order(gateway: Gateway, api_key: str) -> None:
     assert image.size == (1024, 1024)
     assert image.getpixel((300, 512)) == INVERTED_RED  # the first image is the one edited
     assert image.getpixel((931, 931)) == BLUE  # the second rides along as a reference
-    [row] = jobs(gateway)
+    [row] = jobs_of(gateway)
     assert len(row.spec["input_file_ids"]) == 2 and row.spec["notes"] == []
 
 
@@ -137,7 +125,7 @@ def test_sdk_extra_body_and_ignored_openai_fields(gateway: Gateway, api_key: str
     assert image.format == "JPEG" and image.size == (1392, 752)
     assert first.output_format == "jpeg" and first.data[0].seed == 7
     assert first.data[0].b64_json == second.data[0].b64_json
-    spec = jobs(gateway)[0].spec
+    spec = jobs_of(gateway)[0].spec
     assert (spec["seed"], spec["safety_tolerance"], spec["prompt_upsampling"]) == (7, 2, True)
     assert spec["extra"] == {"guidance": 2.5, "steps": 28}
     assert spec["aspect_ratio"] == "16:9"
@@ -196,7 +184,7 @@ def test_node_shaped_chunked_multipart_files_first(gateway: Gateway, api_key: st
     image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
     assert image.size == (256, 256)  # masked: the input's size
     assert image.convert("RGB").getpixel((128, 128)) == INVERTED_RED
-    spec = jobs(gateway)[0].spec
+    spec = jobs_of(gateway)[0].spec
     assert spec["seed"] == 7 and spec["prompt_upsampling"] is False
     assert spec["mask_file_id"]
 
@@ -221,7 +209,7 @@ def test_requests_shaped_multipart_without_part_content_type(gateway: Gateway,
     assert item["url"] and item["b64_json"]  # response_format absent: both
     image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
     assert image.size == (1456, 720)  # size=auto: the 2:1 input's bucket
-    spec = jobs(gateway)[0].spec
+    spec = jobs_of(gateway)[0].spec
     assert spec["seed"] == 0 and spec["prompt_upsampling"] is True
 
 
@@ -242,7 +230,7 @@ def test_repeated_and_indexed_image_parts_in_arrival_order(gateway: Gateway,
     assert resp.status_code == 200, resp.text
     image = Image.open(io.BytesIO(base64.b64decode(resp.json()["data"][0]["b64_json"])))
     assert image.convert("RGB").getpixel((300, 512)) == (235, 215, 35)  # inverted BLUE
-    assert len(jobs(gateway)[0].spec["input_file_ids"]) == 3
+    assert len(jobs_of(gateway)[0].spec["input_file_ids"]) == 3
 
 
 def test_json_body_with_url_base64_and_data_url(gateway: Gateway, api_key: str,
@@ -349,7 +337,7 @@ def test_inputs_are_stitched_for_a_channel_with_fewer_slots(gateway_factory: Any
     # the stitched canvas is [red 256x256 | blue 128x256]; the 1:1 crop keeps both
     assert image.getpixel((200, 512)) == INVERTED_RED
     assert image.getpixel((900, 512)) == (235, 215, 35)  # inverted BLUE
-    [row] = jobs(gw)
+    [row] = jobs_of(gw)
     assert row.channel == "one-slot"
     [note] = row.spec["notes"]
     assert "stitched side by side" in note and "384x256" in note
@@ -363,7 +351,7 @@ def test_native_multi_reference_channel_preferred_over_stitching(gateway_factory
     c = client(gw, gw.create_key("k")[1])
     c.images.edit(model="flux-kontext-pro", image=[png_bytes(), png_bytes()], prompt="two")
     c.images.edit(model="flux-kontext-pro", image=png_bytes(), prompt="one")
-    by_prompt = {row.prompt: row for row in jobs(gw)}
+    by_prompt = {row.prompt: row for row in jobs_of(gw)}
     assert by_prompt["two"].channel == "four-slots" and by_prompt["two"].spec["notes"] == []
     assert by_prompt["one"].channel == "one-slot"
 
@@ -373,7 +361,7 @@ def test_empty_mask_part_means_no_mask(gateway: Gateway, api_key: str) -> None:
         model="flux-kontext-pro", image=png_bytes((256, 256), RED), mask=("mask.png", b""),
         prompt="x", response_format="b64_json")
     assert decode(result.data[0]).size == (1024, 1024)
-    assert jobs(gateway)[0].spec["mask_file_id"] is None
+    assert jobs_of(gateway)[0].spec["mask_file_id"] is None
 
 
 # -- refused inputs ---------------------------------------------------------------------------
@@ -412,7 +400,7 @@ def test_bad_inputs_refused_before_any_upstream_call(gateway: Gateway, api_key: 
     body: dict[str, Any] = err.value.body  # type: ignore[assignment]
     assert (body["param"], body["code"]) == (param, code)
     assert param.split("[")[0] in body["message"]
-    assert submitted(gateway) == 0 and jobs(gateway) == []
+    assert submitted(gateway) == 0 and jobs_of(gateway) == []
 
 
 def test_giant_png_header_refused_fast(gateway: Gateway, api_key: str) -> None:
@@ -497,10 +485,10 @@ def test_idempotency_key_on_edits(gateway: Gateway, api_key: str) -> None:
     first = c.images.edit(image=("a.png", image, "image/png"), **kwargs)
     again = c.images.edit(image=("b.png", image, "image/png"), **kwargs)
     assert first.data[0].b64_json == again.data[0].b64_json
-    assert len(jobs(gateway)) == 1 and submitted(gateway) == 1
+    assert len(jobs_of(gateway)) == 1 and submitted(gateway) == 1
     with pytest.raises(openai.UnprocessableEntityError):
         c.images.edit(image=("a.png", png_bytes((64, 64), BLUE), "image/png"), **kwargs)
-    assert len(jobs(gateway)) == 1
+    assert len(jobs_of(gateway)) == 1
 
 
 # -- memory: a 20 MB upload is held once, not several times over ------------------------------

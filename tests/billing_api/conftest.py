@@ -3,15 +3,14 @@ plus ledger helpers and an admin token."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from billing import keys as key_service
 from billing import ledger
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway
 
 ADMIN_TOKEN = "admin-secret-for-tests"
 
@@ -62,25 +61,18 @@ class BillingGateway(Gateway):
         return result
 
 
-def start(data_dir: Path, **overrides: Any) -> BillingGateway:
-    overrides.setdefault("admin_token", ADMIN_TOKEN)
-    gw = start_gateway(data_dir, cls=BillingGateway, **overrides)
-    assert isinstance(gw, BillingGateway)
-    return gw
-
-
 @pytest.fixture
-def billing_gateway_factory(tmp_path: Path) -> Iterator[Callable[..., BillingGateway]]:
-    started: list[BillingGateway] = []
+def billing_gateway_factory(gateway_factory: Callable[..., Gateway],
+                            ) -> Callable[..., BillingGateway]:
+    """`gateway_factory` for BillingGateways with the admin token set."""
 
     def make(**overrides: Any) -> BillingGateway:
-        gw = start(tmp_path / "data", **overrides)
-        started.append(gw)
+        overrides.setdefault("admin_token", ADMIN_TOKEN)
+        gw = gateway_factory(cls=BillingGateway, **overrides)
+        assert isinstance(gw, BillingGateway)
         return gw
 
-    yield make
-    for gw in started:
-        gw.stop()
+    return make
 
 
 @pytest.fixture
