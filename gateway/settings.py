@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.models import DEFAULT_ALIASES, MODELS
+
 
 class ConfigError(Exception):
     """A configuration problem, described in one line that names the field."""
@@ -217,6 +219,10 @@ class BillingSettings(BaseModel):
         return self
 
 
+def _default_aliases() -> dict[str, str]:
+    return dict(DEFAULT_ALIASES)
+
+
 class Settings(BaseSettings):
     """Every setting of fluxgate. Build it with `load_settings()`."""
 
@@ -233,6 +239,9 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # other model names accepted for a model (name -> flux-kontext-pro|max|dev), listed in
+    # /v1/models; replaces the default mapping (OpenAI's gpt-image-1, dall-e-3...); {} = none
+    model_aliases: dict[str, str] = Field(default_factory=_default_aliases)
     # Peers (IPs or CIDRs, or "*") whose X-Forwarded-For / X-Forwarded-Proto are believed: the
     # client address they name is what key IP allow-lists and logs see. Others' are ignored.
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
@@ -244,6 +253,15 @@ class Settings(BaseSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _aliases_name_models(cls, v: dict[str, str]) -> dict[str, str]:
+        ids = [m.id for m in MODELS]
+        for alias, target in v.items():
+            if target not in ids:
+                raise ValueError(f"alias {alias!r} names {target!r}, not one of {', '.join(ids)}")
+        return v
 
     @field_validator("public_base_url")
     @classmethod

@@ -9,7 +9,7 @@ from gateway.api.deps import PrincipalDep, ServicesDep
 from gateway.api.openapi import OPENAI_ERRORS
 from gateway.api.schemas import ModelCard, ModelList
 from gateway.errors import NotFound
-from gateway.models import resolve_model
+from gateway.models import listed_models, resolve_model
 
 router = APIRouter(responses=OPENAI_ERRORS)
 _CREATED = 1748736000  # 2025-06-01: the Kontext release month; stable for model pickers
@@ -34,7 +34,9 @@ def _cards(services: ServicesDep, allowed: tuple[str, ...] | None) -> list[Model
     owner = {c.kind for c in services.router.channels}
     owned_by = "fluxgate-sandbox" if owner == {"sandbox"} else "black-forest-labs"
     return [ModelCard(id=m, created=_CREATED, owned_by=owned_by)
-            for m in services.router.models() if allowed is None or m in allowed]
+            for m, root in listed_models(services.router.models(),
+                                         services.settings.model_aliases)
+            if allowed is None or root in allowed]
 
 
 @router.get("/v1/models")
@@ -45,9 +47,10 @@ async def list_models(principal: PrincipalDep, services: ServicesDep) -> ModelLi
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, principal: PrincipalDep, services: ServicesDep) -> ModelCard:
-    canonical = resolve_model(model_id)
-    for card in _cards(services, principal.models):
-        if card.id == canonical:
-            return card
+    canonical = resolve_model(model_id, aliases=services.settings.model_aliases)
+    cards = _cards(services, principal.models)  # an alias's own card first, else its model's
+    found = [c for c in cards if c.id == model_id] + [c for c in cards if c.id == canonical]
+    if found:
+        return found[0]
     raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.",
                    param="model", code="model_not_found")

@@ -97,7 +97,7 @@ async def create_image(request: Request, body: ImageGenerationRequest,
 
 async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Principal,
                         services: Services, desk: OrderDesk) -> JSONResponse:
-    model = resolve_model(body.model)
+    model = resolve_model(body.model, aliases=services.settings.model_aliases)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
     webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,

@@ -436,10 +436,11 @@ def test_idempotency_key_replays_a_non_streamed_answer(gateway: Gateway) -> None
 # -- models and CORS -------------------------------------------------------------------------
 def test_models_lists_what_the_key_may_use(gateway: Gateway, api_key: str) -> None:
     ids = [m.id for m in client(gateway, api_key).models.list()]
-    assert ids == ["flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev"]
+    assert ids[:3] == ["flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev"]
+    assert "gpt-image-1" in ids[3:]  # the default aliases follow
     _, limited = gateway.create_key("limited", models=["flux-kontext-max"])
     models = list(client(gateway, limited).models.list())
-    assert [m.id for m in models] == ["flux-kontext-max"]
+    assert [m.id for m in models] == ["flux-kontext-max", "gpt-image-1.5"]
     assert models[0].object == "model" and isinstance(models[0].created, int)
 
 
