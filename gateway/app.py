@@ -177,7 +177,8 @@ def create_app(settings: Settings) -> FastAPI:
                   description="OpenAI-compatible gateway for FLUX.1 Kontext")
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
-                       allow_credentials=False)
+                       allow_credentials=False,
+                       allow_private_network=settings.cors_private_network)
     # edits read their own (same-sized) cap first and name it; this one guards every route
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
     app.add_middleware(RequestIdMiddleware)

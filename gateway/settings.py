@@ -239,6 +239,9 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # answer Chrome's Private Network Access preflights (a public web page calling a gateway on
+    # localhost or the LAN) for the origins above
+    cors_private_network: bool = True
     # other model names accepted for a model (name -> flux-kontext-pro|max|dev), listed in
     # /v1/models; replaces the default mapping (OpenAI's gpt-image-1, dall-e-3...); {} = none
     model_aliases: dict[str, str] = Field(default_factory=_default_aliases)

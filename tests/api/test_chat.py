@@ -464,6 +464,21 @@ def test_cors_preflight_for_browser_shells(gateway: Gateway) -> None:
     assert "POST" in resp.headers["access-control-allow-methods"]
 
 
+def test_cors_private_network_preflight_is_answered(gateway_factory: Any) -> None:
+    gw = gateway_factory(cors_origins=["https://chat.example"])
+    headers = {"origin": "https://chat.example", "access-control-request-method": "POST",
+               "access-control-request-headers": "authorization, content-type",
+               "access-control-request-private-network": "true"}
+    resp = httpx.options(f"{gw.base_url}/v1/chat/completions", headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["access-control-allow-private-network"] == "true"
+    assert resp.headers["access-control-allow-origin"] == "https://chat.example"
+    other = httpx.options(f"{gw.base_url}/v1/chat/completions",
+                          headers={**headers, "origin": "https://evil.example"})
+    assert other.status_code == 400  # an origin not allowed still is not
+    assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
 def test_cors_origins_are_configurable(gateway_factory: Any) -> None:
     gw = gateway_factory(cors_origins=["https://chat.example"])
     ok = preflight(gw, "https://chat.example")
