@@ -118,7 +118,11 @@ class JobSettings(BaseModel):
     deadline: float = Field(default=600.0, gt=0)  # a job not done by then fails (stuck upstream)
     poll_initial: float = Field(default=0.5, gt=0)
     poll_max: float = Field(default=5.0, gt=0)
-    submit_timeout: float = Field(default=30.0, gt=0)
+    # the whole submit call; None = each adapter's own (a synchronous OpenAI-compatible
+    # upstream holds the request for minutes, a queue upstream answers in seconds)
+    submit_timeout: float | None = Field(default=None, gt=0)
+    # jobs running in this process at most; past it, creating calls get 503 + Retry-After
+    max_in_flight: int = Field(default=10_000, ge=1)
     download_timeout: float = Field(default=30.0, gt=0)
     sync_wait: float = Field(default=600.0, gt=0)  # how long a synchronous call waits
     submit_rounds: int = Field(default=3, ge=1, le=10)  # offers to every channel when throttled
@@ -135,6 +139,17 @@ class JobSettings(BaseModel):
         return self.adopt_interval if self.adopt_interval is not None else self.lease / 2
     # how often each replica re-reads stored channel disables (upstream 401/402/403, admin)
     channel_sync_interval: float = Field(default=5.0, ge=0)
+
+
+class DatabaseSettings(BaseModel):
+    """The connection pool (PostgreSQL, and SQLite's file database)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool_size: int = Field(default=20, ge=1)
+    max_overflow: int = Field(default=30, ge=0)
+    # how long a request waits for a connection; then 503 with Retry-After, never a 500
+    pool_timeout: float = Field(default=30.0, gt=0)
 
 
 class LimitSettings(BaseModel):
@@ -252,6 +267,7 @@ class Settings(BaseSettings):
     sandbox: dict[str, Any] = Field(default_factory=dict)  # options of the default sandbox
     storage: StorageSettings = Field(default_factory=StorageSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)

@@ -22,6 +22,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.errors import (
@@ -260,6 +261,14 @@ def install(app: FastAPI) -> None:
             "internal_error"), family_of(request))
         return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
 
+    async def database_busy(request: Request, exc: Exception) -> JSONResponse:
+        # the pool had no connection within `database.pool_timeout`: overload, not a bug
+        log.warning("database pool exhausted (%s): answering 503", type(exc).__name__)
+        return error_response(ge.ServiceUnavailable(
+            "The gateway is overloaded right now; retry shortly.", code="overloaded",
+            retry_after=1), family_of(request))
+
+    app.add_exception_handler(SqlPoolTimeout, database_busy)
     app.add_exception_handler(ge.GatewayError, gateway_error)
     app.add_exception_handler(BillingError, gateway_error)
     app.add_exception_handler(StorageError, gateway_error)

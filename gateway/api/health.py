@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from gateway.api.deps import PrincipalDep, ServicesDep
@@ -12,15 +14,16 @@ from gateway.errors import NotFound
 from gateway.models import listed_models, resolve_model
 
 router = APIRouter(responses=OPENAI_ERRORS)
+_READY_TIMEOUT = 2.0  # seconds for the readiness check's SELECT 1
 _CREATED = 1748736000  # 2025-06-01: the Kontext release month; stable for model pickers
 
 
 @router.get("/healthz", include_in_schema=False)
 async def healthz(services: ServicesDep) -> dict[str, object]:
-    async with services.engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
+    """Liveness: answered from memory only, never waiting on the database or behind jobs."""
     return {
         "status": "ok",
+        "jobs_running": services.jobs.running,
         "rate_limits": {"backend": services.rate_limiter.backend,
                         "backend_errors": services.rate_limiter.backend_errors,
                         "fallbacks": services.rate_limiter.fallbacks},
@@ -28,6 +31,24 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
                       "disabled": c.disabled_reason, "breaker": c.breaker.state}
                      for c in services.router.channels],
     }
+
+
+@router.get("/readyz", include_in_schema=False)
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Readiness: the database answers within `_READY_TIMEOUT` s (else 503, so a load balancer
+    sends traffic elsewhere). Also reports the transactions the engine ended since start."""
+    counts = {"transactions": services.transactions.commits,
+              "rollbacks": services.transactions.rollbacks}
+    try:
+        with anyio.fail_after(_READY_TIMEOUT):
+            async with services.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure means "not ready", with its class for operators
+        return JSONResponse({"status": "unavailable", "database": {
+            **counts, "error": type(exc).__name__}}, status_code=503,
+            headers={"retry-after": "1"})
+    return JSONResponse({"status": "ok", "database": counts,
+                         "jobs_running": services.jobs.running})
 
 
 def _cards(services: ServicesDep, allowed: tuple[str, ...] | None) -> list[ModelCard]:
