@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -188,7 +189,11 @@ class WebhookSettings(BaseModel):
     max_retry_after: float = Field(default=86400.0, gt=0)  # cap on a receiver's Retry-After
     poll_interval: float = Field(default=1.0, gt=0)  # how often the worker looks for due rows
     lease: float = Field(default=60.0, gt=0)  # a claimed attempt's lease (> timeout)
-    batch: int = Field(default=20, ge=1, le=500)  # deliveries attempted concurrently
+    # attempts in flight at once in this process, in all ("batch": its former name)
+    max_in_flight: int = Field(default=64, ge=1, le=1000,
+                               validation_alias=AliasChoices("max_in_flight", "batch"))
+    # attempts in flight at once to one endpoint (scheme + host + port of the URL)
+    per_endpoint: int = Field(default=4, ge=1, le=1000)
     secret: str | None = None  # whsec_...; default: generated once into $data_dir/webhook.key
 
     @field_validator("schedule")

@@ -11,6 +11,9 @@ Rules (reliability.md §1.2):
   least their `Retry-After` (capped by `max_retry_after`);
 * every attempt goes through a `GuardedTransport`, so the URL is re-checked (and re-resolved)
   against the SSRF policy each time;
+* attempts run concurrently, each its own task: at most `max_in_flight` in all and
+  `per_endpoint` per endpoint (scheme + host + port), so a slow receiver holds only its own
+  slots; the other endpoints' deliveries, and every retry, go out when they are due;
 * claiming is a guarded UPDATE that sets a lease (`lease_token`, `lease_until`): two workers or
   replicas never send the same attempt twice, and a worker that dies mid-attempt leaves a lease
   that expires, after which another worker delivers the row (at-least-once).
@@ -21,10 +24,12 @@ Rules (reliability.md §1.2):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,7 +44,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from gateway import __version__
 from gateway.images.fetch import UrlRefused
 from gateway.settings import WebhookSettings
-from gateway.webhooks.outbox import DELIVERED, DISABLED, FAILED, PENDING, replay
+from gateway.webhooks.outbox import DELIVERED, DISABLED, FAILED, PENDING, endpoint_of, replay
 from gateway.webhooks.signing import SecretBox, SecretError, Signer
 from gateway.webhooks.tables import WebhookDeliveryRow
 
@@ -109,6 +114,8 @@ class DeliveryWorker:
                      "user-agent": f"fluxgate-webhooks/{__version__}"})
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: dict[asyncio.Task[None], tuple[str, str]] = {}  # -> (row id, endpoint)
+        self._per_endpoint: Counter[str] = Counter()
 
     # -- running ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,34 +128,52 @@ class DeliveryWorker:
         self._wake.set()
 
     async def close(self) -> None:
-        """Stop the worker (an attempt in flight is abandoned; its lease expires) and close
-        the HTTP client."""
+        """Stop the worker (attempts in flight are abandoned; their leases expire and another
+        worker sends them again) and close the HTTP client."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await self._abandon()
         await self._client.aclose()
 
+    async def _abandon(self) -> None:
+        tasks = list(self._in_flight)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def run(self) -> None:
-        """Deliver due rows forever; between rounds, wait for the next due row, a `wake()`
-        or `poll_interval`, whichever comes first."""
-        while True:
-            self._wake.clear()
-            try:
-                attempted = await self.deliver_due()
-                if attempted:
+        """Deliver due rows forever, each attempt its own task: whenever a slot is free (at
+        most `max_in_flight` attempts, `per_endpoint` per endpoint), claim the next due rows of
+        endpoints with room. Between looks, wait for the next due row, a finished attempt, a
+        `wake()` or `poll_interval`, whichever comes first."""
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self._fill()
+                    delay = None if self._full() else await self.next_due_in()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the database may be briefly unavailable; keep going
+                    log.exception("webhook delivery round failed")
+                    delay = None
+                if delay is None and self._in_flight:
+                    # attempts are real I/O: wait for one to end (or a wake) in real time,
+                    # never on the injectable clock, which would run ahead of them
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
                     continue
-                delay = await self.next_due_in()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database may be briefly unavailable; keep going
-                log.exception("webhook delivery round failed")
-                attempted, delay = 0, None
-            wait = self.settings.poll_interval if delay is None \
-                else min(max(delay, 0.0), self.settings.poll_interval)
-            await self._pause(wait)
+                wait = self.settings.poll_interval if delay is None \
+                    else min(max(delay, 0.0), self.settings.poll_interval)
+                await self._pause(wait)
+        finally:
+            await self._abandon()
 
     async def _pause(self, seconds: float) -> None:
+        if self._wake.is_set():  # e.g. an attempt ended while the next due row was looked up
+            return
         sleeper = asyncio.ensure_future(self._sleep(seconds))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
@@ -158,38 +183,104 @@ class DeliveryWorker:
                 task.cancel()
             await asyncio.gather(sleeper, waker, return_exceptions=True)
 
-    # -- one round --------------------------------------------------------------------------
+    # -- claiming ---------------------------------------------------------------------------
     def _due(self, now: datetime) -> ColumnElement[bool]:
         return and_(WebhookDeliveryRow.status == PENDING,
                     WebhookDeliveryRow.next_attempt_at <= now,
                     or_(WebhookDeliveryRow.lease_until.is_(None),
                         WebhookDeliveryRow.lease_until <= now))
 
-    async def deliver_due(self) -> int:
-        """Claim and attempt every due row (at most `batch`, concurrently); answers how many
-        attempts were made."""
+    def _full(self) -> bool:
+        return len(self._in_flight) >= self.settings.max_in_flight
+
+    def _saturated(self) -> set[str]:
+        """Endpoints with `per_endpoint` attempts in flight here."""
+        return {e for e, n in self._per_endpoint.items() if n >= self.settings.per_endpoint}
+
+    def _claimable(self, saturated: set[str]) -> ColumnElement[bool]:
+        """Rows not in flight here, of endpoints with room (NULL: a row from before endpoints
+        were recorded; `_fill` checks its URL's endpoint itself)."""
+        mine = [row_id for row_id, _ in self._in_flight.values()]
+        clauses: list[ColumnElement[bool]] = [WebhookDeliveryRow.id.not_in(mine)] if mine \
+            else []
+        if saturated:
+            clauses.append(or_(WebhookDeliveryRow.endpoint.is_(None),
+                               WebhookDeliveryRow.endpoint.not_in(saturated)))
+        return and_(WebhookDeliveryRow.status == PENDING, *clauses)
+
+    async def _fill(self) -> list[asyncio.Task[None]]:
+        """Claim due rows into the free slots and start their attempts; answers the tasks.
+
+        Oldest due first, skipping endpoints that have no room, so a slow endpoint with a
+        backlog holds at most `per_endpoint` slots and never the queue."""
+        started: list[asyncio.Task[None]] = []
         now = self.clock()
-        async with self.sessions() as session:
-            ids = list((await session.execute(
-                select(WebhookDeliveryRow.id).where(self._due(now))
-                .order_by(WebhookDeliveryRow.next_attempt_at).limit(self.settings.batch)
-            )).scalars())
-        claimed = [c for c in [await self._claim(i, now) for i in ids] if c is not None]
-        await asyncio.gather(*(self._attempt(row, token) for row, token in claimed))
-        return len(claimed)
+        while not self._full():
+            saturated = self._saturated()
+            limit = self.settings.max_in_flight - len(self._in_flight)
+            async with self.sessions() as session:
+                candidates = list(await session.execute(
+                    select(WebhookDeliveryRow.id, WebhookDeliveryRow.endpoint,
+                           WebhookDeliveryRow.url)
+                    .where(self._due(now), self._claimable(saturated))
+                    .order_by(WebhookDeliveryRow.next_attempt_at).limit(limit)))
+            for row_id, stored_endpoint, url in candidates:
+                endpoint = stored_endpoint or endpoint_of(url)
+                if self._full():
+                    break
+                if self._per_endpoint[endpoint] >= self.settings.per_endpoint:
+                    continue  # filled during this look; excluded from the next query
+                claimed = await self._claim(row_id, now)
+                if claimed is not None:
+                    started.append(self._launch(*claimed, endpoint))
+            if len(candidates) < limit or self._saturated() == saturated:
+                break  # every due row with room was seen, or nothing changed
+        return started
+
+    def _launch(self, row: WebhookDeliveryRow, token: str, endpoint: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._attempt_logged(row, token),
+                                   name=f"webhooks:attempt:{row.id}")
+        self._in_flight[task] = (row.id, endpoint)
+        self._per_endpoint[endpoint] += 1
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._in_flight.pop(finished, None)
+            self._per_endpoint[endpoint] -= 1
+            if self._per_endpoint[endpoint] <= 0:
+                del self._per_endpoint[endpoint]
+            self._wake.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _attempt_logged(self, row: WebhookDeliveryRow, token: str) -> None:
+        try:
+            await self._attempt(row, token)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # e.g. recording the outcome failed: the lease expires, it retries
+            log.exception("webhook %s: attempt failed to complete", row.id)
+
+    async def deliver_due(self) -> int:
+        """Claim the due rows that fit the limits, attempt them concurrently and wait for
+        those attempts; answers how many were made."""
+        started = await self._fill()
+        await asyncio.gather(*started)
+        return len(started)
 
     async def next_due_in(self) -> float | None:
-        """Seconds until the next pending row becomes due (None: nothing is pending)."""
+        """Seconds until the next row this worker could claim becomes due (None: none is
+        pending). Rows in flight here and rows of endpoints without room do not count: a
+        finished attempt wakes the worker."""
         now = self.clock()
+        claimable = self._claimable(self._saturated())
         async with self.sessions() as session:
             unleased = (await session.execute(
                 select(func.min(WebhookDeliveryRow.next_attempt_at)).where(
-                    WebhookDeliveryRow.status == PENDING,
-                    WebhookDeliveryRow.lease_until.is_(None)))).scalar()
+                    claimable, WebhookDeliveryRow.lease_until.is_(None)))).scalar()
             leased = (await session.execute(
                 select(func.min(WebhookDeliveryRow.lease_until)).where(
-                    WebhookDeliveryRow.status == PENDING,
-                    WebhookDeliveryRow.lease_until.is_not(None)))).scalar()
+                    claimable, WebhookDeliveryRow.lease_until.is_not(None)))).scalar()
         times = [_aware(t) for t in (unleased, leased) if t is not None]
         return min((t - now).total_seconds() for t in times) if times else None
 

@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +33,23 @@ PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
 DISABLED = "disabled"
+
+
+def endpoint_of(url: str) -> str:
+    """`scheme://host:port` of a webhook URL, lower-case, the default port filled in: the unit
+    the delivery worker's per-endpoint concurrency limit counts. Never raises (an unparsable
+    URL is its own endpoint; its attempts fail anyway)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return url[:300]
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = port or {"http": 80, "https": 443}.get(scheme, 0)
+    return f"{scheme}://{host}:{port}"[:300]
 
 
 def _now() -> datetime:
@@ -88,7 +106,8 @@ class Outbox:
             return None
         now = self.clock()
         row = WebhookDeliveryRow(
-            id=new_event_id(), job_id=job.id, url=url, payload=job_payload(job, self.files),
+            id=new_event_id(), job_id=job.id, url=url, endpoint=endpoint_of(url),
+            payload=job_payload(job, self.files),
             secret=spec.get("webhook_secret"), status=PENDING, attempts=0, next_attempt_at=now,
             created_at=now, updated_at=now)
         session.add(row)

@@ -18,14 +18,18 @@ class WebhookDeliveryRow(GatewayBase):
     (the receiver answered 410). `lease_token`/`lease_until` mark a claimed attempt: another
     worker may take the row only once the lease has passed (a crashed worker's claim expires).
     `secret` is the per-request secret sealed with `SecretBox` (None: the gateway secret).
+    `endpoint` is `scheme://host:port` of `url` (`outbox.endpoint_of`), what the worker's
+    per-endpoint concurrency limit counts (None on rows written before it existed).
     """
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+                      Index("ix_webhook_deliveries_endpoint", "status", "endpoint"))
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(40), unique=True)  # exactly one per job
     url: Mapped[str] = mapped_column(Text)
+    endpoint: Mapped[str | None] = mapped_column(String(300), default=None)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     secret: Mapped[str | None] = mapped_column(Text, default=None)
     status: Mapped[str] = mapped_column(String(16))

@@ -19,12 +19,14 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.monotonic() when the request arrived
 
 
 @dataclass
 class Receiver:
     """Records every POST; answers `script` in order (then `default`). An answer is
-    (status, headers); `hold` makes the next request wait until `release` is set."""
+    (status, headers); `hold` makes the next request wait until `release` is set; `delay`
+    makes every answer take that many seconds (cut short by `release`, set at teardown)."""
 
     base_url: str
     requests: list[Received] = field(default_factory=list)
@@ -32,6 +34,7 @@ class Receiver:
     default: tuple[int, dict[str, str]] = (200, {})
     hold: threading.Event | None = None
     release: threading.Event = field(default_factory=threading.Event)
+    delay: float = 0.0
 
     @property
     def url(self) -> str:
@@ -46,8 +49,7 @@ class Receiver:
         return self.requests
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def _serve() -> Iterator[Receiver]:
     holder: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -55,10 +57,13 @@ def receiver() -> Iterator[Receiver]:
             rec = holder["r"]
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             rec.requests.append(Received(self.path, {k.lower(): v for k, v in
-                                                     self.headers.items()}, body))
+                                                     self.headers.items()}, body,
+                                         time.monotonic()))
             if rec.hold is not None:
                 rec.hold.set()
                 rec.release.wait(10)
+            if rec.delay:
+                rec.release.wait(rec.delay)
             status, headers = rec.script.pop(0) if rec.script else rec.default
             self.send_response(status)
             for name, value in headers.items():
@@ -69,13 +74,29 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # 40+ deliveries may connect at once
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     holder["r"] = Receiver(f"http://127.0.0.1:{httpd.server_address[1]}")
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield holder["r"]
     holder["r"].release.set()
     httpd.shutdown()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from _serve()
+
+
+@pytest.fixture
+def slow_receiver() -> Iterator[Receiver]:
+    """A second receiver (its own port: its own endpoint) that answers 200 after 14 s."""
+    for rec in _serve():
+        rec.delay = 14.0
+        yield rec
 
 
 class FakeClock:
