@@ -300,7 +300,7 @@ def test_errors_before_the_stream_are_json(gateway: Gateway, stream: bool) -> No
     text = [{"role": "user", "content": "a fox"}]
     cases: list[tuple[str, str, Any, type[openai.APIStatusError], int]] = [
         ("fk_live_wrong", MODEL, text, openai.AuthenticationError, 401),
-        (key, "dall-e-3", text, openai.NotFoundError, 404),
+        (key, "no-such-model", text, openai.NotFoundError, 404),
         (key, MODEL, [{"role": "user", "content": "https://h.example/x.png"}],
          openai.BadRequestError, 400),
         (poor, MODEL, text, openai.APIStatusError, 402),
