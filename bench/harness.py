@@ -280,7 +280,8 @@ def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     return f"{value:.{digits}f}{unit}"
 
 
-def write_report(out_dir: Path, stem: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:
+def write_report(out_dir: Path, stem: str, markdown: str,
+                 data: dict[str, Any]) -> tuple[Path, Path]:
     """Write `<stem>-<UTC time>.md` and `.json` (and `<stem>-latest.*`) under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

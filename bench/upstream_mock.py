@@ -50,7 +50,8 @@ def small_png() -> bytes:
                     + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
         raw = b"".join(b"\x00" + b"\xc8\x78\x28" * 64 for _ in range(64))
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+        header = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                 + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
