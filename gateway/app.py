@@ -21,7 +21,13 @@ from gateway.api import admin, bfl, chat, edits, errors, files, health, images, 
 from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
-from gateway.database import TransactionCounter, make_engine, make_sessionmaker, upgrade
+from gateway.database import (
+    TransactionCounter,
+    Writer,
+    make_engine,
+    make_sessionmaker,
+    upgrade,
+)
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
@@ -113,8 +119,11 @@ async def build_services(settings: Settings) -> Services:
     webhooks = WebhookService(sessions=sessions, files=file_store, settings=settings.webhooks,
                               secret=gateway_secret(settings),
                               allow=settings.limits.fetch_allow)
+    # SQLite has one writer at a time: the job pipeline's writes are grouped into shared
+    # transactions instead of queueing for the lock; PostgreSQL runs them side by side
+    writer = Writer(sessions, group_commit=engine.dialect.name == "sqlite")
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
-                      settings=settings.jobs,
+                      settings=settings.jobs, writer=writer,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
                       outbox=webhooks.outbox)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
@@ -132,6 +141,7 @@ async def build_services(settings: Settings) -> Services:
 async def close_services(services: Services) -> None:
     await services.channel_sync.close()
     await services.jobs.close()
+    await services.jobs.writer.close()
     if services.pending_writes:  # e.g. the stored answer of a request cut off by shutdown
         await asyncio.gather(*services.pending_writes, return_exceptions=True)
     await services.webhooks.close()

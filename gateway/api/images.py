@@ -73,7 +73,9 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
             if response_format in (None, "url"):
                 item["url"] = services.files.url(output["file_id"], output["ext"])
             if response_format in (None, "b64_json"):
-                _, blob = await services.files.read(output["file_id"])
+                stored_at = output.get("storage_key")
+                blob = (await services.files.blob(stored_at) if stored_at
+                        else (await services.files.read(output["file_id"]))[1])
                 item["b64_json"] = base64.b64encode(blob).decode()
             data.append(item)
     size = f"{first['width']}x{first['height']}"
