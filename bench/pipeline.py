@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402  (bench/ is not a package)
+import harness  # bench/ is not a package: found through sys.path
 
 ARMS = ("direct", "litellm", "relay", "fluxgate", "fluxgate-pg")
 LITELLM_VERSION = "1.106.2"
