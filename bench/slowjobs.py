@@ -177,8 +177,8 @@ def ledger_check(db: Path) -> dict[str, Any]:
     initial = int(float(BALANCE) * 1_000_000)  # micro-units
     # the balance is either the ledger's sum (a top-up row holds the initial balance) or the
     # initial balance plus it (no such row)
-    balance_ok = all(b["balance"] in (b["ledger_sum"], initial + b["ledger_sum"])
-                     for b in balances)
+    balance_ok = all(b["balance"] == (b["ledger_sum"] if b["kinds"].get("topup")
+                                      else initial + b["ledger_sum"]) for b in balances)
     return {"statuses": statuses, "jobs": len(per_job), "bad_jobs": len(bad),
             "bad_samples": bad[:5], "balances": balances, "balance_ok": balance_ok}
 
