@@ -410,6 +410,31 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 # --- main ----------------------------------------------------------------------------------
 
 
+def profiled_bin(args: argparse.Namespace, workdir: Path, name: str) -> str | None:
+    """With `--profile DIR`: a wrapper that runs `fluxgate serve` under pyinstrument
+    (bench/profile_serve.py), writing DIR/<arm>-serve.txt when the server stops."""
+    if not args.profile:
+        return args.fluxgate_bin  # type: ignore[no-any-return]
+    try:
+        import pyinstrument  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"--profile needs pyinstrument: {Path(sys.executable).parent}/pip "
+                         "install pyinstrument") from exc
+    out = Path(args.profile).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    wrapper = workdir / f"{name}-profiled"
+    base = " ".join(harness.fluxgate_argv(args.fluxgate_bin))
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = serve ]; then\n'
+        f'  exec {sys.executable} {harness.BENCH / "profile_serve.py"} {out}/{name}-serve.txt'
+        ' "$@"\n'
+        "fi\n"
+        f'exec {base} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def start_arms(names: list[str], workdir: Path, mock: harness.Server, args: argparse.Namespace,
                started: list[harness.Server], cleanups: list[Callable[[], None]]) -> list[Arm]:
     arms: list[Arm] = []
@@ -443,7 +468,8 @@ def start_arms(names: list[str], workdir: Path, mock: harness.Server, args: argp
                 db_url, db_name = pg_create(pg)
                 cleanups.append(lambda pg=pg, n=db_name: pg_drop(pg, n))
             fg = harness.start_fluxgate(name, workdir, [fluxgate_channel(mock.base_url)],
-                                        database_url=db_url, fluxgate_bin=args.fluxgate_bin)
+                                        database_url=db_url,
+                                        fluxgate_bin=profiled_bin(args, workdir, name))
             started.append(fg.server)
             arm = Arm(name, fg.server.base_url, path, [f"authorization: Bearer {fg.key}"],
                       fg.server.base_url + "/", fg.server.pids, pg_db=db_name, fluxgate=True)
@@ -474,6 +500,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pg-url", default=None, help="default: $FLUXGATE_TEST_PG_URL")
     p.add_argument("--litellm-venv", default=str(harness.BENCH / ".venv-litellm"))
     p.add_argument("--fluxgate-bin", default=None)
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="run the fluxgate arms under pyinstrument; text profiles in DIR")
     p.add_argument("--out", default=str(harness.BENCH / "results"))
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
     args = p.parse_args(argv)
