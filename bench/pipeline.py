@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -459,14 +460,15 @@ def start_arms(names: list[str], workdir: Path, mock: harness.Server, args: argp
                             [f"authorization: Bearer {LITELLM_MASTER_KEY}"], mock_files,
                             lite.pids))
         elif name in ("fluxgate", "fluxgate-pg"):
-            db_url = db_name = None
+            db_url: str | None = None
+            db_name: str | None = None
             if name == "fluxgate-pg":
                 pg = args.pg_url or os.environ.get("FLUXGATE_TEST_PG_URL")
                 if not pg:
                     raise SystemExit("fluxgate-pg needs FLUXGATE_TEST_PG_URL (source "
                                      "/tmp/svc.env) or --pg-url; or leave the arm out")
                 db_url, db_name = pg_create(pg)
-                cleanups.append(lambda pg=pg, n=db_name: pg_drop(pg, n))
+                cleanups.append(functools.partial(pg_drop, pg, db_name))
             fg = harness.start_fluxgate(name, workdir, [fluxgate_channel(mock.base_url)],
                                         database_url=db_url,
                                         fluxgate_bin=profiled_bin(args, workdir, name))
