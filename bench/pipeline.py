@@ -43,6 +43,7 @@ import asyncio
 import functools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -209,6 +210,7 @@ class Arm:
     pg_db: str | None = None
     fluxgate: bool = False
     background_tx_per_s: float | None = None
+    profiled: int | None = None  # pid of a server under bench/profile_serve.py
     notes: list[str] = field(default_factory=list)
 
 
@@ -234,6 +236,8 @@ def loadgen(arm: Arm, concurrency: int, duration: float) -> dict[str, Any]:
 
 def measure(arm: Arm, concurrency: int, duration: float) -> dict[str, Any]:
     """One closed-loop phase against `arm`, with its server's CPU, RSS and transactions."""
+    if arm.profiled and concurrency > 1:
+        os.kill(arm.profiled, signal.SIGUSR1)
     tx0 = harness.readyz_transactions(arm.base_url) if arm.fluxgate else None
     pids0 = arm.pids()
     cpu0 = harness.cpu_seconds(pids0)
@@ -242,6 +246,8 @@ def measure(arm: Arm, concurrency: int, duration: float) -> dict[str, Any]:
     cpu1 = harness.cpu_seconds(arm.pids())
     pg_cpu = sampler.stop() if sampler else None
     tx1 = harness.readyz_transactions(arm.base_url) if arm.fluxgate else None
+    if arm.profiled and concurrency > 1:
+        os.kill(arm.profiled, signal.SIGUSR2)
     ok = max(result["ok"], 1)
     result["server_cpu_s"] = harness.cpu_delta(cpu0, cpu1)
     result["server_cpu_ms_per_req"] = result["server_cpu_s"] / ok * 1000
@@ -413,7 +419,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 
 def profiled_bin(args: argparse.Namespace, workdir: Path, name: str) -> str | None:
     """With `--profile DIR`: a wrapper that runs `fluxgate serve` under pyinstrument
-    (bench/profile_serve.py), writing DIR/<arm>-serve.txt when the server stops."""
+    (bench/profile_serve.py), sampling the throughput phases only, writing DIR/<arm>-serve.txt
+    when the server stops. Profiled figures are slower than unprofiled ones."""
     if not args.profile:
         return args.fluxgate_bin  # type: ignore[no-any-return]
     try:
@@ -471,10 +478,13 @@ def start_arms(names: list[str], workdir: Path, mock: harness.Server, args: argp
                 cleanups.append(functools.partial(pg_drop, pg, db_name))
             fg = harness.start_fluxgate(name, workdir, [fluxgate_channel(mock.base_url)],
                                         database_url=db_url,
-                                        fluxgate_bin=profiled_bin(args, workdir, name))
+                                        fluxgate_bin=profiled_bin(args, workdir, name),
+                                        env={"BENCH_PROFILE_SIGNALS": "1"} if args.profile
+                                        else None)
             started.append(fg.server)
             arm = Arm(name, fg.server.base_url, path, [f"authorization: Bearer {fg.key}"],
-                      fg.server.base_url + "/", fg.server.pids, pg_db=db_name, fluxgate=True)
+                      fg.server.base_url + "/", fg.server.pids, pg_db=db_name, fluxgate=True,
+                      profiled=fg.server.proc.pid if args.profile else None)
             arms.append(arm)
         else:
             raise SystemExit(f"unknown arm {name!r}; choose from {', '.join(ARMS)}")
