@@ -28,6 +28,7 @@ from gateway.database import (
     make_sessionmaker,
     upgrade,
 )
+from gateway.images.budget import PixelBudget
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
@@ -129,6 +130,8 @@ async def build_services(settings: Settings) -> Services:
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
     return Services(settings=settings, engine=engine, transactions=transactions,
+                    pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
+                                             settings.limits.decode_wait),
                     sessions=sessions, http=http,
                     router=router, channel_sync=channel_sync, files=file_store,
                     fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,

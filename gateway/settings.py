@@ -161,6 +161,9 @@ class LimitSettings(BaseModel):
     max_input_images: int = Field(default=4, ge=1, le=8)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=20_000_000, ge=1024)
+    #: pixels decoded at once across all requests (bounded memory; see images/budget.py)
+    decode_pixel_budget: int = Field(default=100_000_000, ge=1024)
+    decode_wait: float = Field(default=5.0, ge=0)  # s a decode waits for budget, then 503
     fetch_timeout: float = Field(default=20.0, gt=0)
     fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
     # Shared rate limits (redis_url): how long a Redis call may take, how long to stay on the

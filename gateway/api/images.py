@@ -30,7 +30,7 @@ SDK_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 def get_desk(services: ServicesDep) -> OrderDesk:
     return OrderDesk(jobs=services.jobs, files=services.files, fetcher=services.fetcher,
-                     limits=services.settings.limits)
+                     limits=services.settings.limits, budget=services.pixel_budget)
 
 
 DeskDep = Annotated[OrderDesk, Depends(get_desk)]

@@ -17,6 +17,7 @@ import anyio
 
 from adapters.base import InputImage
 from gateway.errors import InvalidRequest
+from gateway.images.budget import PixelBudget, header_pixels
 from gateway.images.fetch import ImageFetcher
 from gateway.images.masks import load_mask
 from gateway.images.validate import sniff, validate_image
@@ -66,20 +67,22 @@ class OrderDesk:
     """Validates inputs, stores them and creates the jobs of an order."""
 
     def __init__(self, *, jobs: JobService, files: FileStore, fetcher: ImageFetcher,
-                 limits: LimitSettings) -> None:
+                 limits: LimitSettings, budget: PixelBudget | None = None) -> None:
         self.jobs = jobs
         self.files = files
         self.fetcher = fetcher
         self.limits = limits
+        self.budget = budget or PixelBudget(limits.decode_pixel_budget, limits.decode_wait)
 
     async def load_image(self, param: str, data: bytes,
                          ratio: tuple[float, float] | None = None) -> InputImage:
         """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`); `ratio`
         bounds the upright width/height."""
         lo, hi = ratio if ratio is not None else (None, None)
-        return await anyio.to_thread.run_sync(lambda: validate_image(
-            data, param=param, max_bytes=self.limits.max_image_bytes,
-            max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
+        async with self.budget.admit(header_pixels(data)):  # bounded memory: see budget.py
+            return await anyio.to_thread.run_sync(lambda: validate_image(
+                data, param=param, max_bytes=self.limits.max_image_bytes,
+                max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
 
     def check_image_count(self, count: int, param: str = "image") -> None:
         """Raise InvalidRequest (`too_many_images`) above the per-request cap."""
@@ -112,9 +115,10 @@ class OrderDesk:
             raise InvalidRequest("mask: a mask needs an input image to apply to.",
                                  param="mask", code="mask_without_image")
         size = (images[0].width, images[0].height)
-        await anyio.to_thread.run_sync(lambda: load_mask(
-            mask, image_size=size, max_bytes=self.limits.max_image_bytes,
-            max_pixels=self.limits.max_image_pixels).close())
+        async with self.budget.admit(header_pixels(mask)):
+            await anyio.to_thread.run_sync(lambda: load_mask(
+                mask, image_size=size, max_bytes=self.limits.max_image_bytes,
+                max_pixels=self.limits.max_image_pixels).close())
         fmt = sniff(mask) or "PNG"
         return await self.files.stage(mask, f"image/{fmt.lower()}", kind="mask",
                                       key_id=customer.key_id, size=size)

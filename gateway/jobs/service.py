@@ -41,10 +41,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import (
@@ -94,6 +94,9 @@ class _Superseded(Exception):
 
 TERMINAL = [s.value for s in JobStatus if s.terminal]
 UNFINISHED = [s.value for s in JobStatus if not s.terminal]
+#: the tables: the pipeline's statements are Core (no ORM unit of work, no identity map)
+_JOBS = cast(Table, JobRow.__table__)
+_FILES = cast(Table, FileRow.__table__)
 #: what a running job gathers in memory and writes with its next write (T2 or T3)
 _PROGRESS = ("stage", "channel", "upstream_model", "upstream_id", "poll_url", "upstream_handle",
              "attempts", "polls", "spec", "timeline", "outputs", "upstream_cost",
@@ -222,8 +225,8 @@ class JobService:
 
         async def work(session: AsyncSession) -> None:
             if file_values:
-                await session.execute(insert(FileRow), file_values)
-            await session.execute(insert(JobRow), job_values)
+                await session.execute(insert(_FILES), file_values)
+            await session.execute(insert(_JOBS), job_values)
             for row in rows:
                 if row.price > 0:
                     await ledger.reserve(session, row.key_id, row.id, row.price,
@@ -337,9 +340,9 @@ class JobService:
 
         async def work(session: AsyncSession) -> bool:
             result = await session.execute(
-                update(JobRow).where(JobRow.id == row.id, JobRow.status.in_(UNFINISHED),
-                                     or_(JobRow.runner == self.runner_id,
-                                         JobRow.runner.is_(None)))
+                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.in_(UNFINISHED),
+                                    or_(_JOBS.c.runner == self.runner_id,
+                                        _JOBS.c.runner.is_(None)))
                 .values(**changes))
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -729,12 +732,12 @@ class JobService:
 
         async def work(session: AsyncSession) -> tuple[bool, bool]:
             result = await session.execute(
-                update(JobRow).where(JobRow.id == row.id, JobRow.status.not_in(TERMINAL))
+                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.not_in(TERMINAL))
                 .values(**changes))
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False, False
             if file_values:
-                await session.execute(insert(FileRow), file_values)
+                await session.execute(insert(_FILES), file_values)
             if row.price > 0:
                 if succeeded:
                     await ledger.settle(session, row.key_id, row.id, row.price,
@@ -821,9 +824,10 @@ class JobService:
                 log.exception("renewing job leases failed")
                 continue
             for job_id in lost:
-                task = self._running.get(job_id)
-                live = self._live.get(job_id)
-                if task is not None and not (live and JobStatus(live.status).terminal):
+                task, live = self._running.get(job_id), self._live.get(job_id)
+                # (a job that simply finished here during the renewal is not "lost")
+                if task is not None and not task.done() and live is not None \
+                        and not JobStatus(live.status).terminal:
                     log.warning("job %s: it ended elsewhere, or its lease passed to another "
                                 "runner; stopped here", job_id)
                     task.cancel()
