@@ -400,7 +400,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     for r in summary["ratios"]:
         per = ", ".join(f(v, 3) for v in r["per_repeat"])
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
-        lines.append(f"| {r['name']} | {per} | {f(r['median'], 3)} | {r['target']} | {met} |")
+        label = r["name"].replace("at c32", f"at c{meta['concurrency']}")
+        lines.append(f"| {label} | {per} | {f(r['median'], 3)} | {r['target']} | {met} |")
     lines += ["", "Notes:",
               "- server CPU: utime+stime of the server's process tree over the c32 phase, per "
               "successful request; fluxgate-pg adds its database's PostgreSQL backends (shared "
