@@ -541,6 +541,7 @@ def main(argv: list[str] | None = None) -> None:
                             "concurrency": args.concurrency, "duration": args.duration,
                             "c1_duration": args.c1_duration, "arms": names, "notes": []}
     repeats: list[dict[str, dict[str, Any]]] = []
+    aborted = ""
     try:
         mock = harness.start_mock(workdir)
         started.append(mock)
@@ -568,9 +569,13 @@ def main(argv: list[str] | None = None) -> None:
                     for sample in phase["error_samples"][:2]:
                         print(f"    error sample: {sample}", flush=True)
             repeats.append(results)
-        client = repeats[0][names[0]]["c32"]["client"] if repeats else "?"
-        meta["client"] = client
-        meta["notes"].append(f"load generator: bench/loadgen.py ({client}), its own process")
+    except Exception as exc:  # report what was measured, and why the rest was not
+        aborted = f"ABORTED after {len(repeats)} complete repeat(s): {exc!r}"[:2000]
+        meta["notes"].append(aborted)
+        print(aborted, file=sys.stderr)
+        for server in started:
+            if server.proc.poll() is not None:
+                meta["notes"].append(f"{server.name} had exited: {server.log_tail(10)}")
     finally:
         for server in reversed(started):
             server.stop()
@@ -579,12 +584,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.keep:
             print(f"work dir kept: {workdir}")
         harness.cleanup_dir(workdir, args.keep)
+    client = next((a["c32"]["client"] for r in repeats for a in r.values()), "?")
+    meta["client"] = client
+    meta["notes"].append(f"load generator: bench/loadgen.py ({client}), its own process")
     summary = summarize(repeats, names)
     text = markdown(summary, meta)
     md, js = harness.write_report(Path(args.out), "pipeline", text,
                                   {"meta": meta, "summary": summary, "repeats": repeats})
     print(text)
     print(f"written: {md} and {js}")
+    if aborted:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def main() -> None:
         if profiler.last_session is None:
             out.write_text("no samples\n")
         else:
+            profiler.last_session.save(str(out.with_suffix(".pyisession")))  # re-render later
             out.write_text(profiler.output_text(unicode=True, color=False, show_all=False)
                            + breakdown(profiler))
 

@@ -544,7 +544,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     f = harness.fmt
     lines = [f"# fluxgate slow-job scenarios ({meta['started']})", "",
              f"Machine: {meta['machine']}", ""]
-    if "jobs" in results:
+    if "jobs" in results and "error" not in results["jobs"]:
         r = results["jobs"]
         lines += [f"## (a) {r['jobs']} jobs in flight, BFL-style upstream taking "
                   f"{meta['bfl_delay']:.0f} s", "",
@@ -573,7 +573,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                   f"| drained after the creates | {f(r['drain_s'], 1)} s | |",
                   f"| gateway log: tracebacks / ERROR lines | {r['log']['tracebacks']} / "
                   f"{r['log']['error_lines']} | 0 |", ""]
-    if "chats" in results:
+    if "chats" in results and "error" not in results["chats"]:
         r = results["chats"]
         lines += [f"## (b) {r['streams']} concurrent streamed chats, held ~"
                   f"{meta['bfl_delay']:.0f} s", "",
@@ -597,7 +597,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                   f"| ledger: jobs not charged exactly once | {r['bad_ledger_jobs']} | 0 |",
                   f"| gateway log: tracebacks / ERROR lines | {r['log']['tracebacks']} / "
                   f"{r['log']['error_lines']} | 0 |", ""]
-    if "overload" in results:
+    if "overload" in results and "error" not in results["overload"]:
         r = results["overload"]
         lines += [f"## (c) overload: {r['clients']} concurrent clients, jobs.max_in_flight "
                   f"{r['max_in_flight']}, {r['duration_s']:.0f} s, upstream "
@@ -614,6 +614,9 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                   f"| gateway log: tracebacks / ERROR lines | {r['log']['tracebacks']} / "
                   f"{r['log']['error_lines']} | 0 |",
                   f"| peak RSS | {f(r['peak_rss_mib'], 0)} MiB | |", ""]
+    for name, r in results.items():
+        if "error" in r:
+            lines += [f"## {name}: did not complete", "", f"    {r['error']}", ""]
     lines += ["## Checks", "", "| scenario | check | result |", "|---|---|---|"]
     for name, r in results.items():
         for check, ok in r["checks"].items():
@@ -690,14 +693,19 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             t0 = time.monotonic()
             print(f"scenario {name}...", flush=True)
-            if name == "jobs":
-                assert mock is not None
-                results[name] = scenario_jobs(args, workdir, mock)
-            elif name == "chats":
-                assert mock is not None
-                results[name] = scenario_chats(args, workdir, mock)
-            else:
-                results[name] = scenario_overload(args, workdir)
+            try:
+                if name == "jobs":
+                    assert mock is not None
+                    results[name] = scenario_jobs(args, workdir, mock)
+                elif name == "chats":
+                    assert mock is not None
+                    results[name] = scenario_chats(args, workdir, mock)
+                else:
+                    results[name] = scenario_overload(args, workdir)
+            except Exception as exc:  # the other scenarios still run and report
+                results[name] = {"error": repr(exc)[:2000], "checks": {"ran": False},
+                                 "log": {"error_samples": []}}
+                print(f"scenario {name} raised: {exc!r}", file=sys.stderr)
             failed = [c for c, ok in results[name]["checks"].items() if not ok]
             print(f"scenario {name}: {time.monotonic() - t0:.0f} s, "
                   f"{'all checks pass' if not failed else 'FAILED: ' + '; '.join(failed)}",
