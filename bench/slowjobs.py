@@ -377,8 +377,9 @@ def scenario_chats(args: argparse.Namespace, workdir: Path, mock: harness.Server
     n = args.streams
     fg = harness.start_fluxgate(
         "fluxgate-chats", workdir, [bfl_channel(mock.base_url, max(n, 24))], balance=BALANCE,
-        extra={"jobs": {"max_in_flight": max(10_000, n + 100)}}, fluxgate_bin=args.fluxgate_bin)
-    keepalive = 5.0  # chat.keepalive's default: not overridden here
+        extra={"jobs": {"max_in_flight": max(10_000, n + 100)},
+               "chat": {"keepalive": args.keepalive}}, fluxgate_bin=args.fluxgate_bin)
+    keepalive = args.keepalive
     probe = Probe(fg.server.base_url, workdir, "chats", args.probe_interval)
     try:
         out = arun(stream_chats(fg.server.base_url, fg.key, n))
@@ -642,6 +643,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bfl-delay", type=float, default=30.0,
                    help="(a, b) seconds the upstream keeps a job Pending")
     p.add_argument("--streams", type=int, default=1000, help="(b) concurrent streamed chats")
+    p.add_argument("--keepalive", type=float, default=5.0,
+                   help="(b) chat.keepalive: seconds between `: ping` comments")
     p.add_argument("--overload-max-in-flight", type=int, default=20,
                    help="(c) jobs.max_in_flight; 10x as many clients")
     p.add_argument("--overload-duration", type=float, default=10.0, help="(c) seconds")
