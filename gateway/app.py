@@ -34,6 +34,7 @@ from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
+from gateway.serving import DrainMiddleware
 from gateway.settings import ConfigError, Settings
 from gateway.storage.base import Storage, StorageError
 from gateway.storage.files import FileStore
@@ -175,6 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        app.state.drain = services.jobs.drain  # called by GatewayServer when a stop begins
         for line in startup_report(services):
             log.info(line)
         await services.jobs.resume()
@@ -199,6 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_private_network=settings.cors_private_network)
     # edits read their own (same-sized) cap first and name it; this one guards every route
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
+    app.add_middleware(DrainMiddleware)  # a stop under way: 503 + Retry-After to newcomers
     app.add_middleware(RequestIdMiddleware)
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

@@ -16,8 +16,8 @@ from billing.errors import RateLimited
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable
 from gateway.database import TransactionCounter
-from gateway.images.budget import PixelBudget
 from gateway.errors import AuthenticationError, PermissionDenied
+from gateway.images.budget import PixelBudget
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import Router

@@ -13,7 +13,7 @@ from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesD
 from gateway.api.guards import Gate, idempotent
 from gateway.api.openapi import OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.schemas import ImageGenerationRequest
-from gateway.errors import InvalidRequest, Timeout
+from gateway.errors import InvalidRequest, not_ready
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
 from gateway.jobs.orders import Customer, Order, OrderDesk
@@ -62,8 +62,7 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
         failed = [r for r in rows if r.status == JobStatus.FAILED.value]
         if failed:
             raise job_error(failed[0])
-        raise Timeout("The image is not ready yet; it keeps running and will be stored.",
-                      code="timeout")
+        raise not_ready([r.id for r in rows], draining=services.jobs.draining)
     data = []
     first = done[0].outputs[0]
     for row in done:

@@ -165,6 +165,7 @@ class JobService:
         self._live: dict[str, JobRow] = {}  # job id -> the row its task here works from
         self._done: dict[str, asyncio.Event] = {}
         self._closing = False
+        self._draining = False  # a stop has begun: waits answer now, creates are refused
         self._creating = 0  # jobs admitted by `create` and not yet started
         self.runner_id = leases.runner_id()  # this process, in `jobs.runner`
         self._heartbeat: asyncio.Task[None] | None = None
@@ -174,6 +175,18 @@ class JobService:
     def running(self) -> int:
         """How many jobs run in this process now."""
         return len(self._running)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """A stop has begun (see gateway/serving.py): every `wait` answers at once with the
+        jobs as they stand, and `create` refuses new jobs (503). The jobs keep running until
+        `close()`, which releases them to another replica."""
+        self._draining = True
+        for event in self._done.values():
+            event.set()
 
     # -- creation -------------------------------------------------------------------------
     def quote(self, spec: JobSpec) -> int:
@@ -191,10 +204,13 @@ class JobService:
         cover every job, ServiceUnavailable (503, Retry-After) when this process already runs
         `jobs.max_in_flight` jobs: back-pressure before anything is created or charged."""
         busy = len(self._running) + self._creating
-        if busy + len(specs) > self.settings.max_in_flight or self._closing:
+        if self._closing or self._draining:
+            raise ServiceUnavailable("The gateway is restarting; retry shortly.",
+                                     code="shutting_down", retry_after=2)
+        if busy + len(specs) > self.settings.max_in_flight:
             raise ServiceUnavailable(
                 "The gateway is at capacity right now; retry shortly.", code="overloaded",
-                retry_after=1 if not self._closing else 2)
+                retry_after=1)
         self._creating += len(specs)  # counted from now on: concurrent creates see them
         try:
             return await asyncio.shield(self._create(specs, files))
@@ -298,7 +314,8 @@ class JobService:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(),
                                                max(0.0, deadline - time.monotonic()))
-                    if JobStatus(live.status).terminal or time.monotonic() >= deadline:
+                    if JobStatus(live.status).terminal or time.monotonic() >= deadline \
+                            or self._draining:
                         found[job_id] = live
                         break
                     # its task here stopped unfinished: another replica runs it now
@@ -307,7 +324,8 @@ class JobService:
                     break
                 found[job_id] = row
                 remaining = deadline - time.monotonic()
-                if JobStatus(row.status).terminal or self._closing or remaining <= 0:
+                if JobStatus(row.status).terminal or self._closing or self._draining \
+                        or remaining <= 0:
                     break
                 await asyncio.sleep(min(remaining, 0.5))
         return [found[j] for j in job_ids if j in found]
