@@ -583,7 +583,8 @@ class JobService:
                       upstream: UpstreamJob, started: float | None = None) -> None:
         """Poll until the upstream job is terminal, then store or fail it. Every wait and
         every poll is bounded by the job's deadline; polls follow the upstream's hint
-        (Retry-After), else back off with jitter, and are counted in memory only."""
+        (Retry-After), else back off with jitter and within `jobs.poll_rate` polls per second
+        for the whole process, and are counted in memory only."""
         started = started or time.monotonic()
         deadline = _aware(row.deadline_at) or _now() + timedelta(seconds=self.settings.deadline)
         interval = self.settings.poll_initial
@@ -593,8 +594,10 @@ class JobService:
                 await self._time_out(row, channel, upstream)
                 return
             # the upstream's hint wins (it may ask for less, or for more after a 429/503)
+            # ...else back off, never faster than the process's poll budget allows
+            own = max(interval, len(self._running) / self.settings.poll_rate)
             wait = upstream.retry_after if upstream.retry_after is not None \
-                else interval * random.uniform(0.8, 1.2)
+                else own * random.uniform(0.8, 1.2)
             await asyncio.sleep(max(0.01, min(wait, remaining)))
             interval = min(interval * 1.5, self.settings.poll_max)
             remaining = (deadline - _now()).total_seconds()
