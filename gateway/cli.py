@@ -175,12 +175,18 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
                 model: Annotated[list[str] | None, typer.Option(
                     help="allow only this model (repeatable)")] = None,
                 as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+                key_only: Annotated[bool, typer.Option(
+                    "--key-only", help="print only the key (for `export KEY=$(...)`)")] = False,
                 config: ConfigOpt = None) -> None:
-    """Create a key and print it (it is shown only once)."""
+    """Create a key and print it (it is shown only once) with the database it went into."""
     settings = _settings(config)
     created = _with_session(settings, lambda s: key_service.create_key(
         s, name=name, mode="test" if test else "live", balance=balance, models=model or None))
     where = database_line(settings)
+    if key_only:
+        typer.echo(created.plaintext)
+        typer.echo(where, err=True)
+        return
     if as_json:
         typer.echo(json.dumps({"id": created.row.id, "key": created.plaintext,
                                "name": name, "mode": created.row.mode,

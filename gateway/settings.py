@@ -389,6 +389,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded or {}
+        if "data_dir" in data and data["data_dir"] is None:  # written out as the default
+            del data["data_dir"]
         if data.get("data_dir") and isinstance(data["data_dir"], str | os.PathLike):
             data["data_dir"] = from_config_file(data["data_dir"], Path(path))
     origin = _data_dir_origin(data, source if path else None, overrides)
