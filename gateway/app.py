@@ -29,6 +29,7 @@ from gateway.api import (
     home,
     images,
     replicate,
+    tasks,
     usage,
 )
 from gateway.api.bodylimit import BodyLimitMiddleware
@@ -212,6 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
-    for module in (home, health, images, edits, chat, bfl, replicate, files, usage, admin):
+    for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
+                   admin):
         app.include_router(module.router)
     return app

@@ -13,6 +13,7 @@ from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesD
 from gateway.api.guards import Gate, idempotent
 from gateway.api.openapi import OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.schemas import ImageGenerationRequest
+from gateway.api.tasks import ACCEPTED, accepted, wants_async
 from gateway.errors import InvalidRequest, Timeout
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
@@ -86,17 +87,21 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
     return answer
 
 
-@router.post("/v1/images/generations", responses=OPENAI_CREATE_ERRORS)
+@router.post("/v1/images/generations", responses={**OPENAI_CREATE_ERRORS, **ACCEPTED})
 async def create_image(request: Request, body: ImageGenerationRequest,
                        principal: LimitedPrincipalDep, services: ServicesDep,
                        desk: DeskDep) -> Response:
-    """Generate (or, with input images, edit) `n` images and wait for them."""
+    """Generate (or, with input images, edit) `n` images and wait for them; with
+    `Prefer: respond-async` or `"async": true`, answer 202 with a task to poll instead."""
     return await idempotent(request, principal, services,
-                            lambda gate: _create_image(gate, body, principal, services, desk))
+                            lambda gate: _create_image(gate, body, principal, services, desk,
+                                                       respond_async=wants_async(
+                                                           request, body.async_)))
 
 
 async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Principal,
-                        services: Services, desk: OrderDesk) -> JSONResponse:
+                        services: Services, desk: OrderDesk, *,
+                        respond_async: bool = False) -> JSONResponse:
     model = resolve_model(body.model, aliases=services.settings.model_aliases)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
@@ -115,5 +120,7 @@ async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Pri
                                             param="prompt_upsampling"),
         image_refs=refs, webhook_url=webhook_url, webhook_secret=webhook_secret)
     rows = await gate.place(desk, customer_of(principal), order)
+    if respond_async:
+        return await accepted(services, rows, response_format)
     rows = await services.jobs.wait([r.id for r in rows])
     return JSONResponse(await images_response(services, rows, response_format))

@@ -71,6 +71,8 @@ class KontextImageFields(BaseModel):
     prompt_upsampling: Flag = None
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # answer 202 with a task to poll (gateway/api/tasks.py); also `Prefer: respond-async`
+    async_: Flag = Field(default=None, alias="async")
 
 
 class ImageGenerationRequest(KontextImageFields):
