@@ -215,7 +215,8 @@ class ChatSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keepalive: float = Field(default=5.0, gt=0, le=60)  # `: ping` comment while a job runs
+    # `: ping` comment while a job runs (chat streams and image streams alike)
+    keepalive: float = Field(default=5.0, gt=0, le=60)
     progress: bool = False  # short progress lines in the answer (they stay in chat history)
 
 
