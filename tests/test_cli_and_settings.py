@@ -277,3 +277,20 @@ def test_start_up_names_unusable_channels_and_why(
     bfl = next(line for line in lines if line.startswith("upstream bfl "))
     assert "UNUSABLE: no credential: environment variable BFL_API_KEY is not set" in bfl
     assert any(line.startswith("no upstream is usable") for line in lines), lines
+
+
+@pytest.mark.skipif(subprocess.run(["which", "make"], capture_output=True).returncode != 0,
+                    reason="needs make")
+def test_make_run_installs_the_runtime_only(tmp_path: Path) -> None:
+    """`make run` on a fresh machine installs fluxgate without the dev tools; `make test`
+    adds them (dry runs: `make -n` prints the commands it would run)."""
+    venv = str(tmp_path / "venv")
+    run = subprocess.run(["make", "-n", "run", f"VENV={venv}"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert run.returncode == 0, run.stderr
+    installs = [line for line in run.stdout.splitlines() if "pip install" in line]
+    assert any(line.endswith("-e .") for line in installs), installs
+    assert not any("[dev]" in line for line in installs), installs
+    test = subprocess.run(["make", "-n", "test", f"VENV={venv}"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert any("'.[dev]'" in line for line in test.stdout.splitlines()), test.stdout
