@@ -364,7 +364,7 @@ def _first_error_line(exc: ValidationError, file: str | None, overrides: dict[st
 
 
 def _data_dir_origin(data: dict[str, Any], file: str | None, overrides: dict[str, Any]) -> str:
-    if os.environ.get(DATA_DIR_ENV):
+    if any(k.upper() == DATA_DIR_ENV for k in os.environ):  # as pydantic-settings reads it
         return DATA_DIR_ENV
     if "data_dir" in overrides:
         return "the caller's settings"
