@@ -12,12 +12,26 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
 from gateway import __version__, housekeeping
-from gateway.api import admin, bfl, chat, edits, errors, files, health, images, replicate, usage
+from gateway.api import (
+    admin,
+    bfl,
+    chat,
+    edits,
+    errors,
+    files,
+    health,
+    home,
+    images,
+    replicate,
+    tasks,
+    usage,
+)
 from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
@@ -28,6 +42,7 @@ from gateway.database import (
     make_sessionmaker,
     upgrade,
 )
+from gateway.datadir import database_line
 from gateway.images.budget import PixelBudget
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
@@ -160,12 +175,18 @@ def startup_report(services: Services) -> list[str]:
     s = services.settings
     lines = [f"fluxgate {__version__} listening on http://{s.host}:{s.port} "
              f"(public URL {s.resolved_public_base_url})",
-             f"database: {redact_url(s.resolved_database_url)}",
+             database_line(s),
              f"storage: {services.files.storage.name}",
              f"rate limits: {'redis' if s.redis_url else 'in-process'}"]
     for ch in services.router.channels:
         label = " [SANDBOX: synthetic images, no real model]" if ch.kind == "sandbox" else ""
-        lines.append(f"upstream {ch.name} ({ch.kind}){label}: {', '.join(ch.model_map)}")
+        unusable = ("" if ch.disabled_reason is None
+                    else f"; UNUSABLE: {ch.disabled_reason}")
+        lines.append(f"upstream {ch.name} ({ch.kind}){label}: {', '.join(ch.model_map)}"
+                     f"{unusable}")
+    if not services.router.models():
+        lines.append("no upstream is usable: live keys get 503 until one is fixed (test-mode "
+                     "keys use the sandbox); see the UNUSABLE lines above")
     return lines
 
 
@@ -193,8 +214,10 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.gather(purge, return_exceptions=True)
             await close_services(services)
 
-    app = FastAPI(title="fluxgate", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible gateway for FLUX.1 Kontext")
+    # /docs and /redoc with their assets served from this server (no CDN; gateway/api/home.py)
+    app = FastAPIOffline(title="fluxgate", version=__version__, lifespan=lifespan,
+                         description="OpenAI-compatible gateway for FLUX.1 Kontext",
+                         static_url=home.DOCS_ASSETS)
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False,
@@ -206,6 +229,7 @@ def create_app(settings: Settings) -> FastAPI:
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
-    for module in (health, images, edits, chat, bfl, replicate, files, usage, admin):
+    for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
+                   admin):
         app.include_router(module.router)
     return app

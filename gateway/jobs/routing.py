@@ -303,7 +303,13 @@ def _build_channel(cs: ChannelSettings, client: httpx.AsyncClient, env: Mapping[
     except KeyError as exc:
         raise ConfigError(f"channels.{cs.name}: type {cs.type!r} has no adapter in this build"
                           ) from exc
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:  # the options model refused one: name the option
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"channels.{cs.name}.options{'.' + where if where else ''}: "
+                          f"{err['msg']}{more}") from exc
+    except ValueError as exc:
         first = str(exc).splitlines()
         raise ConfigError(f"channels.{cs.name}: invalid channel: {' '.join(first[:3])}") from exc
     channel = Channel(cs, adapter, clock=clock)
