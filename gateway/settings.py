@@ -28,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.images.addresses import AllowList
 from gateway.models import DEFAULT_ALIASES, MODELS
 
 
@@ -55,6 +56,19 @@ class ChannelSettings(BaseModel):
     breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
     breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds open before one probe
     model_concurrency: dict[str, int] = Field(default_factory=dict)  # our model -> cap
+    # HTTP connections to this upstream's API; default max_concurrency + headroom for polls
+    # (gateway/jobs/connections.py), 1000 when the concurrency is unlimited
+    max_connections: int | None = Field(default=None, ge=1)
+    # hosts (host, host:port, *.suffix, IP, CIDR, [v6]:port) whose result URLs may be fetched
+    # despite the address policy, besides the channel's own host:port and its type's documented
+    # hosts (BFL: *.bfl.ai); every other result URL must be public, on port 80/443
+    result_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("result_hosts")
+    @classmethod
+    def _valid_hosts(cls, v: list[str]) -> list[str]:
+        AllowList.parse(v, setting="result_hosts")  # raises ValueError naming the entry
+        return v
 
     def model_map(self) -> dict[str, str]:
         """Our model name -> the upstream's, for the models this channel serves."""
