@@ -176,7 +176,8 @@ class LimitSettings(BaseModel):
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=20_000_000, ge=1024)
     fetch_timeout: float = Field(default=20.0, gt=0)
-    fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
+    # hosts/CIDRs (optionally host:port, [v6]:port) allowed despite the SSRF rules
+    fetch_allow: list[str] = Field(default_factory=list)
     # Shared rate limits (redis_url): how long a Redis call may take, how long to stay on the
     # in-process fallback after a failure, and how many replicas share the limit (the fallback
     # allows rpm / replicas in each, so an outage never multiplies a key's limit).
