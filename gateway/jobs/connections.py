@@ -36,6 +36,14 @@ UNLIMITED_POOL = 1000
 #: Connections beside the capped jobs: polls and cancels of adopted or canceled jobs.
 MIN_HEADROOM = 8
 _API_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
+#: Job error codes of a URL the upstream named and the policy refused (uncontacted).
+URL_POLICY_CODES = frozenset({"result_url_not_allowed", "polling_url_not_allowed"})
+
+
+def job_error_code(code: str | None) -> str:
+    """The job's error code for an upstream failure whose adapter code is `code`: the URL
+    policy's own codes are kept (users see why), everything else is `upstream_error`."""
+    return code if code in URL_POLICY_CODES else "upstream_error"
 
 
 def pool_size(max_concurrency: int | None, max_connections: int | None = None) -> int:

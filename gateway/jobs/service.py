@@ -59,6 +59,7 @@ from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
 from gateway.jobs import channel_state, leases
+from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
@@ -573,7 +574,7 @@ class JobService:
         elif upstream.state is UpstreamState.CANCELED:
             await self._fail(row.id, "upstream_error", "The upstream canceled the job.")
         else:
-            await self._fail(row.id, "upstream_error",
+            await self._fail(row.id, job_error_code(upstream.error_code),
                              upstream.error_message or "The upstream failed the job.")
 
     async def _cancel_upstream(self, channel: Channel, upstream: UpstreamJob) -> None:
@@ -646,7 +647,7 @@ class JobService:
                                          height=size[1], size=stored.size))
         except (UpstreamRejected, UpstreamUnavailable, TimeoutError) as exc:
             message = getattr(exc, "message", None) or "the download timed out"
-            await self._fail(row.id, "upstream_error",
+            await self._fail(row.id, job_error_code(getattr(exc, "code", None)),
                              f"The result could not be downloaded from the upstream: {message}")
             return
         if not outputs:

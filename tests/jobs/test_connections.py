@@ -107,11 +107,11 @@ def generate(gw: Gateway, key: str) -> httpx.Response:
                             "response_format": "url"}, timeout=60)
 
 
-def assert_failed_uncharged(gw: Gateway, key_id: str, resp: httpx.Response, words: str) -> None:
+def assert_failed_uncharged(gw: Gateway, key_id: str, resp: httpx.Response, code: str) -> None:
     assert resp.status_code == 502, resp.text
+    assert resp.json()["error"]["code"] == code
     [job] = jobs_of(gw, key_id)
-    assert job.status == "failed"
-    assert words in (job.error_message or ""), job.error_message
+    assert (job.status, job.error_code) == ("failed", code), job.error_message
     balance, total, _rows = ledger_of(gw, key_id)
     assert balance == total == BALANCE  # reserved, then released: nothing charged
 
@@ -122,7 +122,7 @@ def test_bfl_result_on_loopback_is_refused_uncontacted(gateway_factory: Any, can
                                                        mock: respx.MockRouter) -> None:
     bfl(mock, sample=canary.url())
     gw, key_id, key = start(gateway_factory, bfl_channel(result_hosts=["*.a.bfl.test"]))
-    assert_failed_uncharged(gw, key_id, generate(gw, key), "not allowed")
+    assert_failed_uncharged(gw, key_id, generate(gw, key), "result_url_not_allowed")
     assert canary.connections == []
 
 
@@ -133,7 +133,7 @@ def test_openai_compatible_data_url_on_loopback_is_refused(gateway_factory: Any,
     gw, key_id, key = start(gateway_factory, {
         "name": "R", "type": "openai", "base_url": RESELLER, "api_key_env": "R_KEY",
         "options": {"response_format": "url"}})
-    assert_failed_uncharged(gw, key_id, generate(gw, key), "not allowed")
+    assert_failed_uncharged(gw, key_id, generate(gw, key), "result_url_not_allowed")
     assert canary.connections == []
 
 
@@ -143,7 +143,7 @@ def test_redirect_from_an_allowed_host_to_loopback_is_refused(
         302, headers={"location": canary.url()}))
     bfl(mock, sample="https://delivery.a.bfl.test/t1.png")
     gw, key_id, key = start(gateway_factory, bfl_channel(result_hosts=["*.a.bfl.test"]))
-    assert_failed_uncharged(gw, key_id, generate(gw, key), "not allowed")
+    assert_failed_uncharged(gw, key_id, generate(gw, key), "result_url_not_allowed")
     assert allowed.call_count == 1  # not retried: a refusal is final
     assert canary.connections == []
 
@@ -153,7 +153,7 @@ def test_polling_url_on_a_foreign_host_is_refused_uncontacted(
     mock.post(f"{A}/v1/flux-kontext-pro").mock(return_value=httpx.Response(
         200, json={"id": "t1", "polling_url": canary.url("v1/get_result?id=t1")}))
     gw, key_id, key = start(gateway_factory, bfl_channel())
-    assert_failed_uncharged(gw, key_id, generate(gw, key), "not this channel's own host")
+    assert_failed_uncharged(gw, key_id, generate(gw, key), "polling_url_not_allowed")
     assert canary.connections == []
 
 
