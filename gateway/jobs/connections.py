@@ -47,8 +47,9 @@ def job_error_code(code: str | None) -> str:
 
 
 def pool_size(max_concurrency: int | None, max_connections: int | None = None) -> int:
-    """Connections of a channel's pools: `max_connections` when set, else `max_concurrency`
-    plus a quarter (at least `MIN_HEADROOM`), else `UNLIMITED_POOL`. Never below the cap."""
+    """Connections of a channel's pools: `max_connections` when set (the operator's word, even
+    below the cap), else `max_concurrency` plus a quarter (at least `MIN_HEADROOM` more), else
+    `UNLIMITED_POOL`."""
     if max_connections is not None:
         return max_connections
     if max_concurrency is None:
