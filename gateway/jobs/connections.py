@@ -82,10 +82,12 @@ def result_allow_list(cs: ChannelSettings) -> AllowList:
 
 @dataclass(frozen=True, slots=True)
 class ChannelClients:
-    """One channel's HTTP clients: `api` for its API, `results` for URLs it names."""
+    """One channel's HTTP clients: `api` for its API, `results` for URLs it names; each pool
+    holds at most `size` connections."""
 
     api: httpx.AsyncClient
     results: httpx.AsyncClient
+    size: int
 
     async def aclose(self) -> None:
         await self.api.aclose()
@@ -106,4 +108,4 @@ def channel_clients(cs: ChannelSettings, *, max_concurrency: int | None,
     results = httpx.AsyncClient(
         transport=guard, trust_env=False, follow_redirects=False, headers=agent,
         timeout=httpx.Timeout(download_timeout, connect=min(5.0, download_timeout)))
-    return ChannelClients(api=api, results=results)
+    return ChannelClients(api=api, results=results, size=size)

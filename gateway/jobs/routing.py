@@ -224,6 +224,7 @@ class Channel:
             "disabled_at": self.disabled_at, "breaker": self.breaker.state,
             "consecutive_failures": self.breaker.failures, "active": self.active,
             "max_concurrency": self.max_concurrency,
+            "max_connections": self.clients.size if self.clients is not None else None,
             "model_concurrency": dict(self.model_concurrency),
         }
 

@@ -181,11 +181,17 @@ def test_listed_result_host_and_bfl_documented_hosts_work(
 
 # --- connection pools -------------------------------------------------------------------------
 
-def test_pool_size_follows_the_concurrency_cap() -> None:
-    assert pool_size(24) == 32  # BFL's default cap + headroom for polls
+async def test_pool_size_follows_the_concurrency_cap() -> None:
     assert pool_size(500) == 625
-    assert pool_size(None) == UNLIMITED_POOL
     assert pool_size(24, max_connections=5) == 5
+    router = build_router(Settings(channels=[
+        ChannelSettings(name="bfl", type="bfl"),  # BFL's default cap, 24
+        ChannelSettings(name="r", type="openai", base_url=RESELLER),  # no cap
+        ChannelSettings(name="s", type="sandbox", max_concurrency=3, max_connections=7)]),
+        env={"BFL_API_KEY": "k"})
+    shown = {c.name: c.describe()["max_connections"] for c in router.channels}
+    assert shown == {"bfl": 32, "r": UNLIMITED_POOL, "s": 7}  # as the admin API lists them
+    await router.aclose()
 
 
 def _b64_answer() -> bytes:
