@@ -21,12 +21,20 @@ from gateway.api import admin, bfl, chat, edits, errors, files, health, images, 
 from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
-from gateway.database import TransactionCounter, make_engine, make_sessionmaker, upgrade
+from gateway.database import (
+    TransactionCounter,
+    Writer,
+    make_engine,
+    make_sessionmaker,
+    upgrade,
+)
+from gateway.images.budget import PixelBudget
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
+from gateway.serving import DrainMiddleware
 from gateway.settings import ConfigError, Settings
 from gateway.storage.base import Storage, StorageError
 from gateway.storage.files import FileStore
@@ -113,13 +121,18 @@ async def build_services(settings: Settings) -> Services:
     webhooks = WebhookService(sessions=sessions, files=file_store, settings=settings.webhooks,
                               secret=gateway_secret(settings),
                               allow=settings.limits.fetch_allow)
+    # SQLite has one writer at a time: the job pipeline's writes are grouped into shared
+    # transactions instead of queueing for the lock; PostgreSQL runs them side by side
+    writer = Writer(sessions, group_commit=engine.dialect.name == "sqlite")
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
-                      settings=settings.jobs,
+                      settings=settings.jobs, writer=writer,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
                       outbox=webhooks.outbox)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
     return Services(settings=settings, engine=engine, transactions=transactions,
+                    pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
+                                             settings.limits.decode_wait),
                     sessions=sessions, http=http,
                     router=router, channel_sync=channel_sync, files=file_store,
                     fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
@@ -132,6 +145,7 @@ async def build_services(settings: Settings) -> Services:
 async def close_services(services: Services) -> None:
     await services.channel_sync.close()
     await services.jobs.close()
+    await services.jobs.writer.close()
     if services.pending_writes:  # e.g. the stored answer of a request cut off by shutdown
         await asyncio.gather(*services.pending_writes, return_exceptions=True)
     await services.webhooks.close()
@@ -163,6 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        app.state.drain = services.jobs.drain  # called by GatewayServer when a stop begins
         for line in startup_report(services):
             log.info(line)
         await services.jobs.resume()
@@ -187,6 +202,7 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_private_network=settings.cors_private_network)
     # edits read their own (same-sized) cap first and name it; this one guards every route
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
+    app.add_middleware(DrainMiddleware)  # a stop under way: 503 + Retry-After to newcomers
     app.add_middleware(RequestIdMiddleware)
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

@@ -78,9 +78,12 @@ def serve(config: ConfigOpt = None,
     settings = _settings(config, **overrides)
     logcontext.configure(settings.log_level)
     _preflight(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
-                proxy_headers=False)  # the app applies `trusted_proxies` itself
+    from gateway.serving import GatewayServer
+
+    uv_config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                               log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
+                               proxy_headers=False)  # the app applies `trusted_proxies` itself
+    GatewayServer(uv_config).run()  # a stop answers open requests first (gateway/serving.py)
 
 
 def _preflight(settings: Settings) -> None:

@@ -133,6 +133,10 @@ class JobSettings(BaseModel):
     deadline: float = Field(default=600.0, gt=0)  # a job not done by then fails (stuck upstream)
     poll_initial: float = Field(default=0.5, gt=0)
     poll_max: float = Field(default=5.0, gt=0)
+    # polls per second this process sends at most, all jobs together: with many jobs in
+    # flight each waits longer between polls (5,000 jobs: one poll each 10 s), so waiting
+    # costs little CPU whatever the load
+    poll_rate: float = Field(default=500.0, gt=0)
     # the whole submit call; None = each adapter's own (a synchronous OpenAI-compatible
     # upstream holds the request for minutes, a queue upstream answers in seconds)
     submit_timeout: float | None = Field(default=None, gt=0)
@@ -175,6 +179,9 @@ class LimitSettings(BaseModel):
     max_input_images: int = Field(default=4, ge=1, le=8)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=20_000_000, ge=1024)
+    #: pixels decoded at once across all requests (bounded memory; see images/budget.py)
+    decode_pixel_budget: int = Field(default=100_000_000, ge=1024)
+    decode_wait: float = Field(default=5.0, ge=0)  # s a decode waits for budget, then 503
     fetch_timeout: float = Field(default=20.0, gt=0)
     # hosts/CIDRs (optionally host:port, [v6]:port) allowed despite the SSRF rules
     fetch_allow: list[str] = Field(default_factory=list)

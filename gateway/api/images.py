@@ -13,7 +13,7 @@ from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesD
 from gateway.api.guards import Gate, idempotent
 from gateway.api.openapi import OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.schemas import ImageGenerationRequest
-from gateway.errors import InvalidRequest, Timeout
+from gateway.errors import InvalidRequest, not_ready
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
 from gateway.jobs.orders import Customer, Order, OrderDesk
@@ -30,7 +30,7 @@ SDK_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 def get_desk(services: ServicesDep) -> OrderDesk:
     return OrderDesk(jobs=services.jobs, files=services.files, fetcher=services.fetcher,
-                     limits=services.settings.limits)
+                     limits=services.settings.limits, budget=services.pixel_budget)
 
 
 DeskDep = Annotated[OrderDesk, Depends(get_desk)]
@@ -62,8 +62,7 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
         failed = [r for r in rows if r.status == JobStatus.FAILED.value]
         if failed:
             raise job_error(failed[0])
-        raise Timeout("The image is not ready yet; it keeps running and will be stored.",
-                      code="timeout")
+        raise not_ready([r.id for r in rows], draining=services.jobs.draining)
     data = []
     first = done[0].outputs[0]
     for row in done:
@@ -73,7 +72,9 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
             if response_format in (None, "url"):
                 item["url"] = services.files.url(output["file_id"], output["ext"])
             if response_format in (None, "b64_json"):
-                _, blob = await services.files.read(output["file_id"])
+                stored_at = output.get("storage_key")
+                blob = (await services.files.blob(stored_at) if stored_at
+                        else (await services.files.read(output["file_id"]))[1])
                 item["b64_json"] = base64.b64encode(blob).decode()
             data.append(item)
     size = f"{first['width']}x{first['height']}"

@@ -185,6 +185,12 @@ class Channel:
         if model_slot is not None:
             model_slot.release()
 
+    def would_wait(self, model: str | None = None) -> bool:
+        """Would `acquire(model)` wait now (the channel or the model is at its cap)?"""
+        model_slot = self._model_slots.get(model) if model else None
+        return bool((model_slot is not None and model_slot.locked())
+                    or (self._slots is not None and self._slots.locked()))
+
     @contextlib.asynccontextmanager
     async def slot(self, model: str | None = None) -> AsyncIterator[None]:
         """`async with channel.slot(model):` — acquire and always release."""
