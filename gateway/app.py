@@ -128,7 +128,7 @@ async def build_services(settings: Settings) -> Services:
               else load_or_create_secret(settings.data_dir / "secret.key"))
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
     file_store = FileStore(storage, sessions, signer)
-    router = build_router(settings, http)
+    router = build_router(settings)  # each channel owns its pools (jobs/connections.py)
     fetcher = ImageFetcher(max_bytes=settings.limits.max_image_bytes,
                            timeout=settings.limits.fetch_timeout,
                            allow=settings.limits.fetch_allow)
@@ -166,6 +166,7 @@ async def close_services(services: Services) -> None:
     await services.webhooks.close()
     await services.fetcher.aclose()
     await services.http.aclose()
+    await services.router.aclose()
     await close_storage(services.files.storage)
     await services.engine.dispose()
 

@@ -145,7 +145,6 @@ def _preflight(settings: Settings) -> None:
     """Check what start-up would otherwise fail on deep inside the server (the storage, every
     channel's type and options), so a misconfiguration ends `serve` with one line instead of
     a traceback."""
-    import httpx
 
     from gateway.app import build_storage, close_storage
     from gateway.jobs import routing
@@ -156,8 +155,7 @@ def _preflight(settings: Settings) -> None:
         level = routing_log.level  # the server logs the channels itself, once, when it starts
         routing_log.setLevel(logging.ERROR)
         try:
-            async with httpx.AsyncClient() as client:
-                routing.build_router(settings, client)
+            await routing.build_router(settings).aclose()
         finally:
             routing_log.setLevel(level)
 

@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from gateway.datadir import DATA_DIR_ENV, default_data_dir, from_config_file
+from gateway.images.addresses import AllowList
 from gateway.models import DEFAULT_ALIASES, MODELS
 
 
@@ -57,6 +58,19 @@ class ChannelSettings(BaseModel):
     breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
     breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds open before one probe
     model_concurrency: dict[str, int] = Field(default_factory=dict)  # our model -> cap
+    # HTTP connections to this upstream's API; default max_concurrency + headroom for polls
+    # (gateway/jobs/connections.py), 1000 when the concurrency is unlimited
+    max_connections: int | None = Field(default=None, ge=1)
+    # hosts (host, host:port, *.suffix, IP, CIDR, [v6]:port) whose result URLs may be fetched
+    # despite the address policy, besides the channel's own host:port and its type's documented
+    # hosts (BFL: *.bfl.ai); every other result URL must be public, on port 80/443
+    result_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("result_hosts")
+    @classmethod
+    def _valid_hosts(cls, v: list[str]) -> list[str]:
+        AllowList.parse(v, setting="result_hosts")  # raises ValueError naming the entry
+        return v
 
     def model_map(self) -> dict[str, str]:
         """Our model name -> the upstream's, for the models this channel serves."""
@@ -171,7 +185,8 @@ class LimitSettings(BaseModel):
     decode_pixel_budget: int = Field(default=100_000_000, ge=1024)
     decode_wait: float = Field(default=5.0, ge=0)  # s a decode waits for budget, then 503
     fetch_timeout: float = Field(default=20.0, gt=0)
-    fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
+    # hosts/CIDRs (optionally host:port, [v6]:port) allowed despite the SSRF rules
+    fetch_allow: list[str] = Field(default_factory=list)
     # Shared rate limits (redis_url): how long a Redis call may take, how long to stay on the
     # in-process fallback after a failure, and how many replicas share the limit (the fallback
     # allows rpm / replicas in each, so an outage never multiplies a key's limit).

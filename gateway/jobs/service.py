@@ -76,6 +76,7 @@ from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
 from gateway.jobs import channel_state, leases
+from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
@@ -634,7 +635,7 @@ class JobService:
         elif upstream.state is UpstreamState.CANCELED:
             await self._fail(row, "upstream_error", "The upstream canceled the job.")
         else:
-            await self._fail(row, "upstream_error",
+            await self._fail(row, job_error_code(upstream.error_code),
                              upstream.error_message or "The upstream failed the job.")
 
     async def _time_out(self, row: JobRow, channel: Channel, upstream: UpstreamJob) -> None:
@@ -720,7 +721,7 @@ class JobService:
                                          storage_key=stored.storage_key))
         except (UpstreamRejected, UpstreamUnavailable, TimeoutError) as exc:
             message = getattr(exc, "message", None) or "the download timed out"
-            await self._fail(row, "upstream_error",
+            await self._fail(row, job_error_code(getattr(exc, "code", None)),
                              f"The result could not be downloaded from the upstream: {message}")
             return
         if not outputs:

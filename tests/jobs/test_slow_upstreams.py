@@ -66,7 +66,8 @@ class SlowBfl:
 
 
 def bfl_channel(**extra: Any) -> dict[str, Any]:
-    return {"name": "bfl", "type": "bfl", "base_url": BFL, "api_key_env": "SLOW_KEY", **extra}
+    return {"name": "bfl", "type": "bfl", "base_url": BFL, "api_key_env": "SLOW_KEY",
+            "result_hosts": ["delivery.bfl.test"], **extra}  # a stub host: listed, not resolved
 
 
 @pytest.fixture
