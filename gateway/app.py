@@ -9,7 +9,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
@@ -121,9 +120,6 @@ async def build_services(settings: Settings) -> Services:
     if settings.auto_migrate:
         await upgrade(engine)
     sessions = make_sessionmaker(engine)
-    timeout = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
-    http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200),
-                             headers={"user-agent": f"fluxgate/{__version__}"})
     secret = (settings.storage.signing_secret.encode() if settings.storage.signing_secret
               else load_or_create_secret(settings.data_dir / "secret.key"))
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
@@ -148,7 +144,7 @@ async def build_services(settings: Settings) -> Services:
     return Services(settings=settings, engine=engine, transactions=transactions,
                     pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
                                              settings.limits.decode_wait),
-                    sessions=sessions, http=http,
+                    sessions=sessions,
                     router=router, channel_sync=channel_sync, files=file_store,
                     fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
                     rate_limiter=RateLimiter(settings.redis_url,
@@ -165,7 +161,6 @@ async def close_services(services: Services) -> None:
         await asyncio.gather(*services.pending_writes, return_exceptions=True)
     await services.webhooks.close()
     await services.fetcher.aclose()
-    await services.http.aclose()
     await services.router.aclose()
     await close_storage(services.files.storage)
     await services.engine.dispose()
