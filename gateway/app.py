@@ -48,6 +48,7 @@ from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
+from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.serving import DrainMiddleware
 from gateway.settings import ConfigError, Settings
 from gateway.storage.base import Storage, StorageError
@@ -135,22 +136,24 @@ async def build_services(settings: Settings) -> Services:
     # SQLite has one writer at a time: the job pipeline's writes are grouped into shared
     # transactions instead of queueing for the lock; PostgreSQL runs them side by side
     writer = Writer(sessions, group_commit=engine.dialect.name == "sqlite")
+    metrics = Metrics()
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
-                      settings=settings.jobs, writer=writer,
+                      settings=settings.jobs, writer=writer, observer=metrics.job_finished,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
                       outbox=webhooks.outbox)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
-    return Services(settings=settings, engine=engine, transactions=transactions,
-                    pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
-                                             settings.limits.decode_wait),
-                    sessions=sessions,
-                    router=router, channel_sync=channel_sync, files=file_store,
-                    fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
-                    rate_limiter=RateLimiter(settings.redis_url,
-                                             timeout=settings.limits.rate_limit_timeout,
-                                             cooldown=settings.limits.rate_limit_cooldown,
-                                             replicas=settings.limits.replicas))
+    services = Services(
+        settings=settings, engine=engine, transactions=transactions, metrics=metrics,
+        pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
+                                 settings.limits.decode_wait),
+        sessions=sessions, router=router, channel_sync=channel_sync, files=file_store,
+        fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
+        rate_limiter=RateLimiter(settings.redis_url, timeout=settings.limits.rate_limit_timeout,
+                                 cooldown=settings.limits.rate_limit_cooldown,
+                                 replicas=settings.limits.replicas))
+    metrics.watch(services)
+    return services
 
 
 async def close_services(services: Services) -> None:
@@ -220,6 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_private_network=settings.cors_private_network)
     # edits read their own (same-sized) cap first and name it; this one guards every route
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
+    app.add_middleware(MetricsMiddleware)  # requests by route template and status
     app.add_middleware(DrainMiddleware)  # a stop under way: 503 + Retry-After to newcomers
     app.add_middleware(RequestIdMiddleware)
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs

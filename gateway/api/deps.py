@@ -21,6 +21,7 @@ from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import Router
 from gateway.jobs.service import JobService
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.storage.files import FileStore
 from gateway.webhooks.service import WebhookService
@@ -41,6 +42,7 @@ class Services:
     webhooks: WebhookService
     channel_sync: ChannelStateSync
     transactions: TransactionCounter = field(default_factory=TransactionCounter)
+    metrics: Metrics = field(default_factory=Metrics)
     pixel_budget: PixelBudget = field(
         default_factory=lambda: PixelBudget(100_000_000, 5.0))  # replaced from settings
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
