@@ -38,7 +38,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -76,6 +76,7 @@ from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
 from gateway.jobs import channel_state, leases
+from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
@@ -151,10 +152,12 @@ class JobService:
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], router: Router,
                  files: FileStore, prices: PriceTable, settings: JobSettings,
                  moderation_fee: int = 0, outbox: Outbox | None = None,
-                 writer: Writer | None = None) -> None:
+                 writer: Writer | None = None,
+                 observer: Callable[[JobRow], None] | None = None) -> None:
         self.sessions = sessions  # reads; every write of a job goes through `writer`
         self.writer = writer or Writer(sessions, group_commit=False)
         self.outbox = outbox  # webhook deliveries, written in the terminal transaction
+        self.observer = observer  # told of each job once it is terminal (metrics)
         self.router = router
         self.files = files
         self.prices = prices
@@ -165,6 +168,7 @@ class JobService:
         self._live: dict[str, JobRow] = {}  # job id -> the row its task here works from
         self._done: dict[str, asyncio.Event] = {}
         self._closing = False
+        self._draining = False  # a stop has begun: waits answer now, creates are refused
         self._creating = 0  # jobs admitted by `create` and not yet started
         self.runner_id = leases.runner_id()  # this process, in `jobs.runner`
         self._heartbeat: asyncio.Task[None] | None = None
@@ -174,6 +178,18 @@ class JobService:
     def running(self) -> int:
         """How many jobs run in this process now."""
         return len(self._running)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """A stop has begun (see gateway/serving.py): every `wait` answers at once with the
+        jobs as they stand, and `create` refuses new jobs (503). The jobs keep running until
+        `close()`, which releases them to another replica."""
+        self._draining = True
+        for event in self._done.values():
+            event.set()
 
     # -- creation -------------------------------------------------------------------------
     def quote(self, spec: JobSpec) -> int:
@@ -191,10 +207,13 @@ class JobService:
         cover every job, ServiceUnavailable (503, Retry-After) when this process already runs
         `jobs.max_in_flight` jobs: back-pressure before anything is created or charged."""
         busy = len(self._running) + self._creating
-        if busy + len(specs) > self.settings.max_in_flight or self._closing:
+        if self._closing or self._draining:
+            raise ServiceUnavailable("The gateway is restarting; retry shortly.",
+                                     code="shutting_down", retry_after=2)
+        if busy + len(specs) > self.settings.max_in_flight:
             raise ServiceUnavailable(
                 "The gateway is at capacity right now; retry shortly.", code="overloaded",
-                retry_after=1 if not self._closing else 2)
+                retry_after=1)
         self._creating += len(specs)  # counted from now on: concurrent creates see them
         try:
             return await asyncio.shield(self._create(specs, files))
@@ -298,7 +317,8 @@ class JobService:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(),
                                                max(0.0, deadline - time.monotonic()))
-                    if JobStatus(live.status).terminal or time.monotonic() >= deadline:
+                    if JobStatus(live.status).terminal or time.monotonic() >= deadline \
+                            or self._draining:
                         found[job_id] = live
                         break
                     # its task here stopped unfinished: another replica runs it now
@@ -307,7 +327,8 @@ class JobService:
                     break
                 found[job_id] = row
                 remaining = deadline - time.monotonic()
-                if JobStatus(row.status).terminal or self._closing or remaining <= 0:
+                if JobStatus(row.status).terminal or self._closing or self._draining \
+                        or remaining <= 0:
                     break
                 await asyncio.sleep(min(remaining, 0.5))
         return [found[j] for j in job_ids if j in found]
@@ -565,7 +586,8 @@ class JobService:
                       upstream: UpstreamJob, started: float | None = None) -> None:
         """Poll until the upstream job is terminal, then store or fail it. Every wait and
         every poll is bounded by the job's deadline; polls follow the upstream's hint
-        (Retry-After), else back off with jitter, and are counted in memory only."""
+        (Retry-After), else back off with jitter and within `jobs.poll_rate` polls per second
+        for the whole process, and are counted in memory only."""
         started = started or time.monotonic()
         deadline = _aware(row.deadline_at) or _now() + timedelta(seconds=self.settings.deadline)
         interval = self.settings.poll_initial
@@ -575,8 +597,10 @@ class JobService:
                 await self._time_out(row, channel, upstream)
                 return
             # the upstream's hint wins (it may ask for less, or for more after a 429/503)
+            # ...else back off, never faster than the process's poll budget allows
+            own = max(interval, len(self._running) / self.settings.poll_rate)
             wait = upstream.retry_after if upstream.retry_after is not None \
-                else interval * random.uniform(0.8, 1.2)
+                else own * random.uniform(0.8, 1.2)
             await asyncio.sleep(max(0.01, min(wait, remaining)))
             interval = min(interval * 1.5, self.settings.poll_max)
             remaining = (deadline - _now()).total_seconds()
@@ -613,7 +637,7 @@ class JobService:
         elif upstream.state is UpstreamState.CANCELED:
             await self._fail(row, "upstream_error", "The upstream canceled the job.")
         else:
-            await self._fail(row, "upstream_error",
+            await self._fail(row, job_error_code(upstream.error_code),
                              upstream.error_message or "The upstream failed the job.")
 
     async def _time_out(self, row: JobRow, channel: Channel, upstream: UpstreamJob) -> None:
@@ -699,7 +723,7 @@ class JobService:
                                          storage_key=stored.storage_key))
         except (UpstreamRejected, UpstreamUnavailable, TimeoutError) as exc:
             message = getattr(exc, "message", None) or "the download timed out"
-            await self._fail(row, "upstream_error",
+            await self._fail(row, job_error_code(getattr(exc, "code", None)),
                              f"The result could not be downloaded from the upstream: {message}")
             return
         if not outputs:
@@ -754,6 +778,11 @@ class JobService:
             setattr(row, key, value)
         if queued and self.outbox is not None:
             self.outbox.notify()
+        if self.observer is not None:
+            try:
+                self.observer(row)
+            except Exception:  # metrics never stop a job
+                log.exception("the job observer failed")
         return True
 
     async def _fail(self, row: JobRow, code: str, message: str, *, fee: int = 0) -> None:

@@ -39,6 +39,7 @@ class SlowBfl:
         self.hang_polls = hang_polls
         self.submitted: dict[str, float] = {}
         self.downloads = 0
+        self.polls = 0
         mock.post(f"{BFL}/v1/flux-kontext-pro").mock(side_effect=self._submit)
         mock.get(f"{BFL}/v1/get_result").mock(side_effect=self._poll)
         mock.get(url__startswith="https://delivery.bfl.test/").mock(side_effect=self._download)
@@ -51,6 +52,7 @@ class SlowBfl:
 
     async def _poll(self, request: httpx.Request) -> httpx.Response:
         job = request.url.params["id"]
+        self.polls += 1
         if self.hang_polls:
             await asyncio.sleep(3600)
         if time.monotonic() - self.submitted[job] < self.takes:
@@ -64,7 +66,8 @@ class SlowBfl:
 
 
 def bfl_channel(**extra: Any) -> dict[str, Any]:
-    return {"name": "bfl", "type": "bfl", "base_url": BFL, "api_key_env": "SLOW_KEY", **extra}
+    return {"name": "bfl", "type": "bfl", "base_url": BFL, "api_key_env": "SLOW_KEY",
+            "result_hosts": ["delivery.bfl.test"], **extra}  # a stub host: listed, not resolved
 
 
 @pytest.fixture
@@ -140,8 +143,10 @@ def test_thirty_second_upstreams_all_succeed_and_liveness_stays_quick(
                 for i in range(3)]
             created = await asyncio.gather(*queued)
             sync_answers = await asyncio.gather(*synchronous)
-            while len([j for j in await asyncio.to_thread(jobs_of, gw, key_id)
-                       if j.finished_at]) < n + 3:
+            while True:  # the upstream's 30 s, polled: every job reaches its end
+                jobs = await asyncio.to_thread(jobs_of, gw, key_id)
+                if len([j for j in jobs if j.finished_at]) >= n + 3:
+                    break
                 await asyncio.sleep(0.5)
             stop.set()
             await prober
@@ -160,3 +165,23 @@ def test_thirty_second_upstreams_all_succeed_and_liveness_stays_quick(
     assert len(probes) > 50
     # liveness is answered from memory: on a busy 2-core machine its p99 stays well under 1 s
     assert probes[int(0.99 * len(probes))] < 1.0, probes[-10:]
+
+
+def test_polls_stay_within_the_process_poll_rate(gateway_factory: Any, mock: Any) -> None:
+    """20 jobs of 4 s in flight with a poll budget of 5 per second: each job waits longer
+    between polls (about 4 s) instead of polling every 0.1 s, and every job still succeeds."""
+    bfl = SlowBfl(mock, takes=4)
+    gw = gateway_factory(channels=[bfl_channel(max_concurrency=100)],
+                         jobs={"poll_initial": 0.05, "poll_max": 0.1, "poll_rate": 5})
+    key_id, key = gw.create_key("polls", balance=10_000_000)
+    for i in range(20):
+        answer = httpx.post(f"{gw.base_url}/v1/flux-kontext-pro", json={"prompt": f"fox {i}"},
+                            headers={"x-key": key}, timeout=30)
+        assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 120
+    while len([j for j in jobs_of(gw, key_id) if j.finished_at]) < 20:
+        assert time.monotonic() < deadline, "the jobs never ended"
+        time.sleep(0.2)
+    assert Counter(j.status for j in jobs_of(gw, key_id)) == {"succeeded": 20}
+    # at 0.1 s each, 20 jobs of >= 4 s would poll >= 800 times
+    assert bfl.polls < 200, bfl.polls

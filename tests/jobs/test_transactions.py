@@ -81,7 +81,7 @@ def test_queue_upstream_image_costs_at_most_three_write_transactions(
         gw = gateway_factory(
             database_url=any_database,
             channels=[{"name": "bfl", "type": "bfl", "base_url": base, "api_key_env": "T_KEY",
-                       "max_concurrency": 50}],
+                       "max_concurrency": 50, "result_hosts": ["delivery.bfl.test"]}],
             jobs={"poll_initial": 0.01, "poll_max": 0.02})
         key_id, key = gw.create_key("tx", balance=10_000_000)
         counts = _per_image(gw, key, {"model": "flux-kontext-pro", "prompt": "a fox",
