@@ -44,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import anyio
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import (
@@ -98,6 +98,22 @@ UNFINISHED = [s.value for s in JobStatus if not s.terminal]
 #: the tables: the pipeline's statements are Core (no ORM unit of work, no identity map)
 _JOBS = cast(Table, JobRow.__table__)
 _FILES = cast(Table, FileRow.__table__)
+
+
+@functools.cache
+def _update_statement(columns: tuple[str, ...], running_here: bool) -> Any:
+    """The guarded UPDATE of a job's `columns`, built once per column set (so the hot path
+    reuses the statement and SQLAlchemy's compiled form). `running_here`: only while it is
+    unfinished and this runner's (or nobody's); else: only while it is not terminal."""
+    guard = [_JOBS.c.id == bindparam("job_id")]
+    if running_here:
+        guard += [_JOBS.c.status.in_(UNFINISHED),
+                  or_(_JOBS.c.runner == bindparam("job_runner"), _JOBS.c.runner.is_(None))]
+    else:
+        guard.append(_JOBS.c.status.not_in(TERMINAL))
+    return update(_JOBS).where(*guard).values({c: bindparam(f"v_{c}") for c in columns})
+
+
 #: what a running job gathers in memory and writes with its next write (T2 or T3)
 _PROGRESS = ("stage", "channel", "upstream_model", "upstream_id", "poll_url", "upstream_handle",
              "attempts", "polls", "spec", "timeline", "outputs", "upstream_cost",
@@ -359,12 +375,12 @@ class JobService:
         now = _now()
         changes = {**{k: getattr(row, k) for k in _PROGRESS}, **values, "updated_at": now}
 
+        stmt = _update_statement(tuple(sorted(changes)), True)
+        params = {f"v_{k}": v for k, v in changes.items()}
+        params.update(job_id=row.id, job_runner=self.runner_id)
+
         async def work(session: AsyncSession) -> bool:
-            result = await session.execute(
-                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.in_(UNFINISHED),
-                                    or_(_JOBS.c.runner == self.runner_id,
-                                        _JOBS.c.runner.is_(None)))
-                .values(**changes))
+            result = await session.execute(stmt, params)
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
         if not await self.writer.run(work):
@@ -751,13 +767,17 @@ class JobService:
         changes.update(status=status.value, error_code=code, error_message=message,
                        finished_at=now, updated_at=now, stage=stage.value, charged=charged,
                        timeline=[*row.timeline, {"stage": stage.value, "at": now.isoformat()}])
-        final = JobRow(**{**values_of(row), **changes})  # what the webhook payload shows
+        # what the webhook payload shows (only built for a job that has a webhook)
+        final = JobRow(**{**values_of(row), **changes}) \
+            if self.outbox is not None and (row.spec or {}).get("webhook_url") else None
         file_values = [values_of(f) for f in files]
 
+        stmt = _update_statement(tuple(sorted(changes)), False)
+        params = {f"v_{k}": v for k, v in changes.items()}
+        params["job_id"] = row.id
+
         async def work(session: AsyncSession) -> tuple[bool, bool]:
-            result = await session.execute(
-                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.not_in(TERMINAL))
-                .values(**changes))
+            result = await session.execute(stmt, params)
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False, False
             if file_values:
@@ -768,7 +788,8 @@ class JobService:
                                         upstream_cost=row.upstream_cost)
                 else:
                     await ledger.release(session, row.key_id, row.id, fee=charged, note=code)
-            queued = await self.outbox.add(session, final) if self.outbox is not None else None
+            queued = await self.outbox.add(session, final) \
+                if self.outbox is not None and final is not None else None
             return True, queued is not None
 
         done, queued = await self.writer.run(work)
