@@ -81,6 +81,37 @@ def parse_output_format(value: Any, *, default: OutputFormat = "png") -> OutputF
     return fmt
 
 
+def _percent(value: Any, *, param: str) -> int:
+    try:
+        number = parse_int(value, param=param)
+    except InvalidRequest:
+        number = -1
+    if not 0 <= number <= 100:
+        raise InvalidRequest(f"Invalid {param} {value!r}: use an integer from 0 to 100.",
+                             param=param, code=f"invalid_{param}")
+    return number
+
+
+def parse_quality(*, output_compression: Any = None, quality: Any = None,
+                  output_quality: Any = None) -> int | None:
+    """The JPEG/WebP quality asked for (0..100), or None for the default.
+
+    `output_compression` (OpenAI) wins, then `output_quality` (Replicate), then `quality` when
+    it is a number: OpenAI's words (`low`, `medium`, `high`, `auto`, `hd`, `standard`) mean no
+    number and are ignored. Raises InvalidRequest naming the field for a number outside
+    0..100 or a value that is no integer."""
+    for value, param in ((output_compression, "output_compression"),
+                         (output_quality, "output_quality")):
+        if value is not None and value != "":
+            return _percent(value, param=param)
+    if quality is None or isinstance(quality, bool):
+        return None
+    text = str(quality).strip()
+    if not text or not (text[0].isdigit() or text[0] in "+-."):
+        return None  # a word: OpenAI's quality levels, not a number
+    return _percent(quality, param="quality")
+
+
 def parse_seed(value: Any) -> int:
     """An explicit seed, or a random one for None / -1 / ''."""
     if value is None or value == "":

@@ -41,6 +41,7 @@ class Order:
     operation: Literal["generate", "edit"] = "generate"
     aspect_ratio: str | None = None
     output_format: OutputFormat = "png"
+    quality: int | None = None  # JPEG/WebP quality 0..100 (intake.parse_quality)
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -150,6 +151,7 @@ class OrderDesk:
                     input_file_ids=file_ids, mask_file_id=mask_id,
                     aspect_ratio=order.aspect_ratio, notes=list(order.notes),
                     seed=(order.seed + i) % (MAX_SEED + 1), output_format=order.output_format,
+                    quality=order.quality,
                     safety_tolerance=order.safety_tolerance,
                     prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),
                     webhook_url=order.webhook_url, webhook_secret=order.webhook_secret)

@@ -55,16 +55,15 @@ from gateway.errors import (
     Timeout,
     UpstreamError,
 )
-from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
-from gateway.images.validate import sniff
 from gateway.jobs import channel_state, leases
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
+from gateway.jobs.results import finish_result
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
 from gateway.settings import JobSettings
-from gateway.storage.files import FileStore, image_size
+from gateway.storage.files import FileStore
 from gateway.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -417,7 +416,7 @@ class JobService:
         return UpstreamRequest(
             model=channel.upstream_model(spec.model), prompt=spec.prompt,
             operation=spec.operation, images=tuple(inputs), aspect_ratio=ratio,
-            width=width, height=height, seed=spec.seed, output_format=fmt,
+            width=width, height=height, seed=spec.seed, output_format=fmt, quality=spec.quality,
             safety_tolerance=safety, prompt_upsampling=spec.prompt_upsampling,
             extra=dict(spec.extra))
 
@@ -585,22 +584,6 @@ class JobService:
         except (AdapterError, TimeoutError) as exc:
             log.warning("cancel of upstream job %s failed: %s", upstream.id, exc)
 
-    async def _apply_mask(self, spec: JobSpec, result: bytes) -> bytes:
-        """The first input with the mask's area taken from `result` (scaled to the input's
-        size), encoded as the requested output format. Raises InvalidRequest when the result
-        cannot be decoded."""
-        assert spec.mask_file_id is not None
-        mask_row, mask = await self.files.read(spec.mask_file_id)
-        input_row, original = await self.files.read(spec.input_file_ids[0])
-        size = (input_row.width or 0, input_row.height or 0)
-
-        def work() -> bytes:
-            with load_mask(mask, image_size=size, max_bytes=max(mask_row.size, 1),
-                           max_pixels=max(size[0] * size[1], 1)) as weights:
-                return composite(original, result, weights, spec.output_format)
-
-        return await anyio.to_thread.run_sync(work)
-
     async def _download(self, channel: Channel, output: UpstreamOutput) -> bytes:
         """The result's bytes within `download_timeout` in total. A download is a safe GET:
         a transient failure (UpstreamUnavailable) is retried, at most `_DOWNLOAD_ATTEMPTS`
@@ -621,25 +604,17 @@ class JobService:
     async def _store(self, row: JobRow, spec: JobSpec, channel: Channel,
                      upstream: UpstreamJob) -> None:
         outputs: list[JobOutput] = []
+        notes: list[str] = []
         try:
             for output in upstream.outputs:
                 data = output.data if output.data is not None \
                     else await self._download(channel, output)
-                fmt = sniff(data)
-                if fmt is None:
-                    raise UpstreamRejected("the upstream returned something that is not an image")
-                if spec.mask_file_id and spec.input_file_ids:
-                    try:
-                        data = await self._apply_mask(spec, data)
-                    except InvalidRequest as exc:
-                        raise UpstreamRejected(f"the result could not be masked: {exc.message}"
-                                               ) from exc
-                    fmt = sniff(data)
-                    assert fmt is not None
-                size = await anyio.to_thread.run_sync(image_size, data)
-                if size is None:
-                    raise UpstreamRejected("the upstream returned an unreadable image")
-                stored = await self.files.put(data, _MIME[fmt], kind="output", job_id=row.id,
+                try:  # format, ratio, quality and mask as asked (gateway/images/output.py)
+                    done = await finish_result(self.files, spec, data, fit=channel.settings.fit)
+                except InvalidRequest as exc:
+                    raise UpstreamRejected(f"the result is unusable: {exc.message}") from exc
+                data, size, notes = done.data, (done.width, done.height), [*notes, *done.notes]
+                stored = await self.files.put(data, done.mime, kind="output", job_id=row.id,
                                               key_id=row.key_id, size=size)
                 outputs.append(JobOutput(file_id=stored.id, ext=stored.ext,
                                          content_type=stored.content_type, width=size[0],
@@ -652,7 +627,12 @@ class JobService:
         if not outputs:
             await self._fail(row.id, "upstream_error", "The upstream returned no image.")
             return
-        self._defer(row.id, Stage.STORED, outputs=[o.model_dump() for o in outputs])
+        noted: dict[str, Any] = {}
+        if notes:  # what the output pipeline changed, after the job's own notes (stitching...)
+            current = await self.get(row.id)
+            base = current.spec if current is not None else row.spec
+            noted["spec"] = {**base, "notes": [*base.get("notes", []), *notes]}
+        self._defer(row.id, Stage.STORED, outputs=[o.model_dump() for o in outputs], **noted)
         await self._finish(row.id, row.key_id, JobStatus.SUCCEEDED)
 
     async def _finish(self, job_id: str, key_id: str, status: JobStatus, *,
