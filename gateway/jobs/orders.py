@@ -73,13 +73,15 @@ class OrderDesk:
         self.limits = limits
 
     async def load_image(self, param: str, data: bytes,
-                         ratio: tuple[float, float] | None = None) -> InputImage:
+                         ratio: tuple[float, float] | None = None,
+                         notes: list[str] | None = None) -> InputImage:
         """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`); `ratio`
-        bounds the upright width/height."""
+        bounds the upright width/height; a re-encoding (EXIF rotation, GIF...) is noted in
+        `notes`."""
         lo, hi = ratio if ratio is not None else (None, None)
         return await anyio.to_thread.run_sync(lambda: validate_image(
             data, param=param, max_bytes=self.limits.max_image_bytes,
-            max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
+            max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi, notes=notes))
 
     def check_image_count(self, count: int, param: str = "image") -> None:
         """Raise InvalidRequest (`too_many_images`) above the per-request cap."""
@@ -101,7 +103,8 @@ class OrderDesk:
                 raise group_error.exceptions[0] from None
             blobs += [(param, task.result())
                       for (param, _), task in zip(order.image_refs, fetches, strict=True)]
-        return [await self.load_image(param, data, order.input_ratio) for param, data in blobs]
+        return [await self.load_image(param, data, order.input_ratio, order.notes)
+                for param, data in blobs]
 
     async def store_mask(self, customer: Customer, mask: bytes,
                          images: list[InputImage]) -> str:

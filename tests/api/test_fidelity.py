@@ -13,8 +13,11 @@ import base64
 import hashlib
 import io
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 
 import httpx
@@ -31,7 +34,6 @@ UPSTREAM = "https://oai.fidelity.test"
 # -- pixels ----------------------------------------------------------------------------------
 def picture(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
     """A smooth, position-coded picture: every region is told apart by its colour."""
-    w, h = size
     x = Image.linear_gradient("L").rotate(90).resize(size)  # left bright, right dark
     y = Image.linear_gradient("L").resize(size)  # top dark, bottom bright
     im = Image.merge("RGB", (x, y, Image.new("L", size, 128)))
@@ -78,18 +80,23 @@ class FakeOpenAI:
 
     answer: bytes = b""
     asked: list[dict[str, Any]] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)  # the input images of the last edit
 
     def respond(self, request: httpx.Request) -> httpx.Response:
         if request.headers.get("content-type", "").startswith("application/json"):
             fields = json.loads(request.content)
-        else:  # multipart: the text parts are enough here
-            fields = {}
-            for part in request.content.split(b"\r\n--"):
-                head, _, body = part.partition(b"\r\n\r\n")
-                if b"filename=" in head or b'name="' not in head:
-                    continue
-                name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
-                fields[name] = body.rstrip(b"\r\n-").decode()
+        else:
+            head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+            message = BytesParser(policy=HTTP).parsebytes(head + request.content)
+            fields, self.images = {}, []
+            for part in message.iter_parts():
+                payload = part.get_payload(decode=True)
+                assert isinstance(payload, bytes)
+                if part.get_filename():
+                    self.images.append(payload)
+                else:
+                    fields[str(part.get_param("name", header="content-disposition"))] = \
+                        payload.decode()
         self.asked.append(fields)
         return httpx.Response(200, json={"created": 1, "data": [
             {"b64_json": base64.b64encode(self.answer).decode()}]})
@@ -106,12 +113,13 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def start(gateway_factory: Any, fit: str | None = None) -> tuple[Gateway, str, str]:
+def start(gateway_factory: Any, fit: str | None = None,
+          **settings: Any) -> tuple[Gateway, str, str]:
     channel: dict[str, Any] = {"name": "oai", "type": "openai", "base_url": UPSTREAM,
                                "api_key_env": "FIDELITY_KEY"}
     if fit is not None:
         channel["fit"] = fit
-    gw: Gateway = gateway_factory(channels=[channel])
+    gw: Gateway = gateway_factory(channels=[channel], **settings)
     key_id, key = gw.create_key(balance=10_000_000)
     return gw, key_id, key
 
@@ -340,3 +348,38 @@ def test_masked_results_are_encoded_by_the_quality_rules(
         assert JpegImagePlugin.get_sampling(image) == 0
     else:
         assert sniff(served) == "PNG"
+
+
+# -- inputs sent upstream ----------------------------------------------------------------------
+def grainy(size: tuple[int, int]) -> Image.Image:
+    """Photo-like grain: its lossless PNG is several times its JPEG."""
+    rng = random.Random(5)
+    grain = Image.frombytes("L", size, bytes(rng.randrange(256) for _ in range(size[0] * size[1])))
+    return Image.merge("RGB", (grain, Image.linear_gradient("L").resize(size), grain))
+
+
+def test_rotated_jpeg_is_sent_upstream_as_an_upright_jpeg_within_the_limit(
+        gateway_factory: Any, upstream: FakeOpenAI) -> None:
+    """Orientation=6 JPEG: the upstream receives the upright picture as a JPEG (q95, 4:4:4)
+    within the gateway's own input limit, not a PNG several times over it; the job says so."""
+    photo = grainy((900, 600))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upload = encode(photo, "JPEG", quality=90, exif=exif.tobytes())
+    limit = 2 * len(upload)
+    assert len(encode(photo, "PNG")) > limit
+    upstream.answer = encode(picture((832, 1248)), "PNG")
+    gw, key_id, key = start(gateway_factory, limits={"max_image_bytes": limit})
+    resp = httpx.post(f"{gw.base_url}/v1/images/edits",
+                      headers={"authorization": f"Bearer {key}"},
+                      files={"image": ("photo.jpg", upload, "image/jpeg")},
+                      data={"model": "flux-kontext-pro", "prompt": "x",
+                            "response_format": "b64_json"}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    [sent] = upstream.images
+    assert sniff(sent) == "JPEG" and len(sent) <= limit
+    upright = decoded(sent)
+    assert upright.size == (600, 900) and JpegImagePlugin.get_sampling(upright) == 0
+    want = decoded(upload).convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert max_diff(upright, want) <= 48  # one more generation at q95 over heavy grain
+    assert "EXIF orientation was applied; sent upstream re-encoded as JPEG" in notes(gw, key_id)
