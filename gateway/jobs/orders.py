@@ -106,6 +106,22 @@ class OrderDesk:
         return [await self.load_image(param, data, order.input_ratio, order.notes)
                 for param, data in blobs]
 
+    def check_mask_slots(self, customer: Customer, model: str, count: int) -> None:
+        """Raise InvalidRequest (`mask_with_stitching`) when no channel that could serve
+        `model` for this customer takes `count` input images: they would be stitched into one
+        image, where the mask (drawn on the first image) has no defined place."""
+        router = self.jobs.router
+        channels = ([router.test_channel] if customer.mode == "test"
+                    else [c for c in router.channels if c.serves(model)])
+        slots = max((c.adapter.capabilities.max_input_images for c in channels if c is not None),
+                    default=count)
+        if slots < count:
+            raise InvalidRequest(
+                f"mask: the channels for {model} take at most {slots} input image(s), so the "
+                f"{count} images would be stitched into one, and a mask cannot be placed on a "
+                "stitched result. Send the image to edit alone with its mask, or no mask.",
+                param="mask", code="mask_with_stitching")
+
     async def store_mask(self, customer: Customer, mask: bytes,
                          images: list[InputImage]) -> str:
         """Validate `mask` against the first (upright) input image and store it; answers the
@@ -138,6 +154,8 @@ class OrderDesk:
                                  param="prompt", code="invalid_prompt")
         images = await self.inputs(order)
         mask_id = None
+        if order.mask is not None and len(images) > 1:
+            self.check_mask_slots(customer, order.model, len(images))
         if order.mask is not None:
             mask_id = await self.store_mask(customer, order.mask, images)
         file_ids = []

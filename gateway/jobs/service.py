@@ -380,7 +380,7 @@ class JobService:
         if len(inputs) <= slots:
             return inputs, spec
         if not stitched:
-            fmt: OutputFormat = "jpeg" if all(i.mime == "image/jpeg" for i in inputs) else "png"
+            fmt: OutputFormat = "png"  # lossless: a JPEG input gets no second generation
             merged = await anyio.to_thread.run_sync(lambda: stitch(
                 [i.data for i in inputs], output_format=fmt, max_pixels=_STITCH_MAX_PIXELS,
                 max_bytes=max(len(i.data) for i in inputs),
@@ -461,6 +461,9 @@ class JobService:
                            inputs: list[InputImage], stitched: list[InputImage]) -> _Attempt:
         """Submit to one channel and, once accepted, follow the job to its end (done=True).
         Refusals that another channel (or a later round) may not meet answer done=False."""
+        if spec.mask_file_id and len(inputs) > channel.adapter.capabilities.max_input_images:
+            return _Attempt(error=f"channel {channel.name} would stitch the inputs, and a mask "
+                            "cannot be placed on a stitched result")
         sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
         await channel.acquire(spec.model)
         probing = channel.breaker.state == "half_open"

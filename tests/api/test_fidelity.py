@@ -79,6 +79,7 @@ class FakeOpenAI:
     """Answers every images call with `answer` (bytes) and records what it was asked."""
 
     answer: bytes = b""
+    status: int = 200  # anything else: an OpenAI error envelope with that status
     asked: list[dict[str, Any]] = field(default_factory=list)
     images: list[bytes] = field(default_factory=list)  # the input images of the last edit
 
@@ -98,6 +99,9 @@ class FakeOpenAI:
                     fields[str(part.get_param("name", header="content-disposition"))] = \
                         payload.decode()
         self.asked.append(fields)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"error": {
+                "message": "overloaded", "type": "server_error", "param": None, "code": None}})
         return httpx.Response(200, json={"created": 1, "data": [
             {"b64_json": base64.b64encode(self.answer).decode()}]})
 
@@ -113,13 +117,14 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def start(gateway_factory: Any, fit: str | None = None,
-          **settings: Any) -> tuple[Gateway, str, str]:
+def start(gateway_factory: Any, fit: str | None = None, *, options: dict[str, Any] | None = None,
+          more: tuple[dict[str, Any], ...] = (), **settings: Any) -> tuple[Gateway, str, str]:
+    """A gateway whose channel `oai` is the stubbed upstream (plus `more` channels)."""
     channel: dict[str, Any] = {"name": "oai", "type": "openai", "base_url": UPSTREAM,
-                               "api_key_env": "FIDELITY_KEY"}
+                               "api_key_env": "FIDELITY_KEY", "options": options or {}}
     if fit is not None:
         channel["fit"] = fit
-    gw: Gateway = gateway_factory(channels=[channel], **settings)
+    gw: Gateway = gateway_factory(channels=[channel, *more], **settings)
     key_id, key = gw.create_key(balance=10_000_000)
     return gw, key_id, key
 
@@ -383,3 +388,72 @@ def test_rotated_jpeg_is_sent_upstream_as_an_upright_jpeg_within_the_limit(
     want = decoded(upload).convert("RGB").transpose(Image.Transpose.ROTATE_270)
     assert max_diff(upright, want) <= 48  # one more generation at q95 over heavy grain
     assert "EXIF orientation was applied; sent upstream re-encoded as JPEG" in notes(gw, key_id)
+
+
+# -- several images ----------------------------------------------------------------------------
+def edit(gw: Gateway, key: str, images: list[bytes], mask: bytes | None = None,
+         **fields: str) -> httpx.Response:
+    files = [("image[]", (f"in{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    if mask is not None:
+        files.append(("mask", ("mask.png", mask, "image/png")))
+    return httpx.post(f"{gw.base_url}/v1/images/edits",
+                      headers={"authorization": f"Bearer {key}"}, files=files,
+                      data={"model": "flux-kontext-pro", "prompt": "x",
+                            "response_format": "b64_json", **fields}, timeout=60)
+
+
+def test_stitched_jpeg_inputs_are_stitched_losslessly(gateway_factory: Any,
+                                                      upstream: FakeOpenAI) -> None:
+    a = encode(picture((300, 200)), "JPEG", quality=85)
+    b = encode(grainy((200, 200)), "JPEG", quality=85)
+    upstream.answer = encode(picture((1248, 832)), "PNG")
+    gw, key_id, key = start(gateway_factory, options={"max_input_images": 1})
+    assert edit(gw, key, [a, b]).status_code == 200
+    [canvas] = upstream.images
+    assert sniff(canvas) == "PNG"  # not a second JPEG generation
+    stitched = decoded(canvas)
+    assert stitched.size == (500, 200)
+    assert max_diff(stitched.crop((0, 0, 300, 200)), decoded(a)) == 0
+    assert max_diff(stitched.crop((300, 0, 500, 200)), decoded(b)) == 0
+    assert "stitched side by side" in notes(gw, key_id)
+
+
+def test_mask_with_images_that_would_be_stitched_is_a_clear_400(gateway_factory: Any,
+                                                               upstream: FakeOpenAI) -> None:
+    gw, key_id, key = start(gateway_factory, options={"max_input_images": 1})
+    a, b = encode(picture((300, 200)), "PNG"), encode(picture((200, 200)), "PNG")
+    resp = edit(gw, key, [a, b], mask=encode(Image.new("L", (300, 200), 255), "PNG"))
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert (error["param"], error["code"]) == ("mask", "mask_with_stitching")
+    assert upstream.asked == [] and jobs_of(gw, key_id) == []
+
+
+def test_mask_with_several_images_uses_a_native_channel_and_the_first_images_region(
+        gateway_factory: Any, upstream: FakeOpenAI) -> None:
+    """The native (4-slot) channel fails; the one-slot channel that would stitch is skipped
+    for a masked job, so it fails instead of compositing the wrong region. With the native
+    channel working, the edit of the first image is composited where its mask says."""
+    upstream.status = 503
+    one_slot = {"name": "one-slot", "type": "sandbox", "priority": -1,
+                "options": {"max_input_images": 1}}
+    gw, _, key = start(gateway_factory, options={"max_input_images": 4},
+                            more=(one_slot,))
+    original = picture((300, 200))
+    mask = Image.new("L", (300, 200), 0)
+    mask.paste(255, (150, 0, 300, 200))
+    images = [encode(original, "PNG"), encode(picture((200, 200)), "PNG")]
+    resp = edit(gw, key, images, mask=encode(mask, "PNG"))
+    assert resp.status_code == 503
+    assert "a mask cannot be placed on a stitched result" in resp.json()["error"]["message"]
+    assert gw.services.router.get("one-slot").adapter.submitted == 0  # type: ignore[union-attr]
+    upstream.status = 200
+    answer = Image.new("RGB", (1248, 832), (0, 200, 0))
+    upstream.answer = encode(answer, "PNG")
+    resp = edit(gw, key, images, mask=encode(mask, "PNG"))
+    assert resp.status_code == 200, resp.text
+    assert len(upstream.images) == 2  # sent natively, not stitched
+    image = decoded(base64.b64decode(resp.json()["data"][0]["b64_json"])).convert("RGB")
+    assert image.size == (300, 200)
+    assert max_diff(image.crop((0, 0, 150, 200)), original.crop((0, 0, 150, 200))) == 0
+    assert max_diff(image.crop((150, 0, 300, 200)), Image.new("RGB", (150, 200), (0, 200, 0))) == 0
