@@ -14,10 +14,13 @@ from typing import Any
 
 from adapters.buckets import MAX_RATIO, MIN_RATIO, bucket_for_ratio, ratio_text
 from gateway.errors import InvalidRequest
+from gateway.images.addresses import url_in_text
 from gateway.jobs.model import OutputFormat
 
 _RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:xX\u00d7*v]\s*(\d+(?:\.\d+)?)\s*$")
-_URL_RE = re.compile(r"https?://[^\s<>\"')\]]+", re.IGNORECASE)
+#: a URL in a prompt: http(s) (IPv6 literals included) or a refused scheme's form, which the
+#: fetcher then refuses (see `addresses.url_in_text`)
+_URL_RE = re.compile(url_in_text(r"[^\s<>\"')\]]"), re.IGNORECASE)
 _FORMATS: dict[str, OutputFormat] = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 MAX_SEED = 2**32 - 1
 
@@ -182,7 +185,8 @@ def parse_safety(value: Any) -> int | None:
 
 def split_leading_urls(prompt: str) -> tuple[list[str], str]:
     """Image URLs at the start of a prompt (space separated, as resellers document) and the
-    prompt without them."""
+    prompt without them. IPv6 literal hosts count, and so do `file:`/`gopher:`/... forms,
+    so that the fetcher refuses them rather than an upstream reading them as words."""
     urls: list[str] = []
     rest = prompt.lstrip()
     while True:
@@ -195,7 +199,8 @@ def split_leading_urls(prompt: str) -> tuple[list[str], str]:
 
 
 def split_all_urls(text: str) -> tuple[list[str], str]:
-    """Every http(s) URL anywhere in `text`, and the text without them (spaces collapsed)."""
+    """Every URL (as `split_leading_urls` sees them) anywhere in `text`, and the text without
+    them (spaces collapsed)."""
     urls = _URL_RE.findall(text)
     rest = _URL_RE.sub(" ", text)
     return urls, re.sub(r"[ \t]+", " ", rest).strip()
