@@ -8,8 +8,8 @@ fitting, stitching) encodes here, so one set of rules holds:
   and above, 4:2:0 below; a transparent image is flattened onto white first;
 * WebP is lossless (`exact`, so pixels under full transparency are kept too) unless a
   `quality` is given, then lossy at that quality;
-* an ICC profile given (or found in `im.info`) is written into every format, so the numbers
-  keep their meaning.
+* an ICC profile given (or found in `im.info`) is written into every format when it fits the
+  pixels' colour space (`colour.fits`), so the numbers keep their meaning.
 
 Synchronous Pillow work: callers run it in a thread.
 """
@@ -21,6 +21,7 @@ import io
 from PIL import Image
 
 from adapters.base import OutputFormat
+from gateway.images.colour import fits
 from gateway.images.modes import to_8bit
 
 DEFAULT_JPEG_QUALITY = 95
@@ -41,7 +42,6 @@ def encode(im: Image.Image, fmt: OutputFormat, *, quality: int | None = None,
     (`modes.to_8bit`); `quality` (0..100) applies to JPEG and lossy WebP only. The ICC
     profile written is `icc_profile`, else the one in `im.info`, else none."""
     icc = icc_profile if icc_profile is not None else im.info.get("icc_profile")
-    extra: dict[str, object] = {"icc_profile": icc} if isinstance(icc, bytes) and icc else {}
     im = to_8bit(im)
     alpha = has_alpha(im)
     buf = io.BytesIO()
@@ -54,10 +54,12 @@ def encode(im: Image.Image, fmt: OutputFormat, *, quality: int | None = None,
         elif im.mode not in ("RGB", "L"):
             im = im.convert("RGB")
         q = DEFAULT_JPEG_QUALITY if quality is None else quality
+        extra = _icc(icc, im.mode)
         im.save(buf, "JPEG", quality=q, subsampling=0 if q >= FULL_CHROMA_FROM else 2,
                 optimize=True, **extra)
     elif fmt == "webp":
         im = im.convert("RGBA" if alpha else "RGB")
+        extra = _icc(icc, im.mode)
         if quality is None:
             im.save(buf, "WEBP", lossless=True, exact=True, quality=100, method=4, **extra)
         else:
@@ -65,5 +67,12 @@ def encode(im: Image.Image, fmt: OutputFormat, *, quality: int | None = None,
     else:
         if im.mode not in ("RGB", "RGBA", "L", "LA"):
             im = im.convert("RGBA" if alpha else "RGB")
+        extra = _icc(icc, im.mode)
         im.save(buf, "PNG", **extra)
     return buf.getvalue()
+
+
+def _icc(icc: object, mode: str) -> dict[str, object]:
+    """The `icc_profile` save option: the profile when it fits `mode`, else explicitly none
+    (so a stale one in `im.info` is not written either)."""
+    return {"icc_profile": icc if isinstance(icc, bytes) and icc and fits(icc, mode) else None}

@@ -13,8 +13,8 @@ promises (README, "Edits and results"):
   (transparent for PNG/WebP, white for JPEG), `pass` serves it as it came. Never upscaled.
 * **Masked edits** come back at the input's size: the result is first fitted to the input's
   ratio (`crop`: centre cut; `pad`: scaled to fit inside, the rest is the original; `pass`:
-  stretched), then composited (`masks.blend`) and encoded in the asked format, keeping the
-  input's ICC profile.
+  stretched), converted into the input's ICC profile when it has one (`colour.convert`),
+  then composited (`masks.blend`) and encoded in the asked format with the input's profile.
 * **Pass-through.** A result already in the asked format and ratio, with no mask, is served
   byte for byte (metadata such as C2PA manifests kept).
 
@@ -33,6 +33,7 @@ from PIL import Image
 
 from adapters.base import OutputFormat
 from gateway.errors import InvalidRequest
+from gateway.images.colour import convert
 from gateway.images.encode import DEFAULT_JPEG_QUALITY, FORMAT_OF, MIME, encode, has_alpha
 from gateway.images.masks import blend, load_mask, open_result
 from gateway.images.modes import to_8bit
@@ -178,9 +179,17 @@ def _finish_masked(data: bytes, fmt: str, *, asked_format: OutputFormat, quality
         elif not _within(res_im.size, (ratio,)):
             notes.append(f"the upstream answered {res_im.width}x{res_im.height}, off the "
                          "input's ratio; stretched to the input's size (fit: pass)")
+        icc = orig_im.info.get("icc_profile")
+        if isinstance(icc, bytes) and icc and res_im.info.get("icc_profile") != icc:
+            converted = convert(top, res_im.info.get("icc_profile"), icc)
+            if converted is not None:
+                top = converted
+                notes.append("the upstream's result was converted into the input's colour "
+                             "profile (ICC) before the mask was applied; the input's profile "
+                             "is kept")
         merged = blend(orig_im, top, weights, alpha=asked_format != "jpeg")
         encoded = encode(merged, asked_format, quality=quality,
-                         icc_profile=orig_im.info.get("icc_profile"))
+                         icc_profile=icc if isinstance(icc, bytes) else None)
         if FORMAT_OF.get(fmt) != asked_format:
             notes.append(f"the upstream answered {fmt}; the masked result was written as "
                          f"{asked_format.upper()}{_how_encoded(asked_format, quality)}")

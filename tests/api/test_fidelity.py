@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from PIL import Image, ImageChops, JpegImagePlugin
+from PIL import Image, ImageChops, ImageCms, JpegImagePlugin
 
 from gateway.images.validate import sniff
 from tests.conftest import Gateway, jobs_of
+from tests.images.profiles import display_p3
 
 UPSTREAM = "https://oai.fidelity.test"
 
@@ -457,3 +458,57 @@ def test_mask_with_several_images_uses_a_native_channel_and_the_first_images_reg
     assert image.size == (300, 200)
     assert max_diff(image.crop((0, 0, 150, 200)), original.crop((0, 0, 150, 200))) == 0
     assert max_diff(image.crop((150, 0, 300, 200)), Image.new("RGB", (150, 200), (0, 200, 0))) == 0
+
+
+# -- colour ------------------------------------------------------------------------------------
+def in_profile(im: Image.Image, icc: bytes) -> Image.Image:
+    """`im` (sRGB numbers) as numbers in the profile `icc`."""
+    dst = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    out = ImageCms.profileToProfile(im.convert("RGB"), ImageCms.createProfile("sRGB"), dst,
+                                    outputMode="RGB")
+    assert out is not None
+    return out
+
+
+@pytest.mark.parametrize(("fmt", "kept", "edited"), [("png", 0, 0), ("webp", 0, 0),
+                                                     ("jpeg", 3, 3)])
+def test_masked_result_keeps_the_inputs_colour_profile(gateway_factory: Any,
+                                                       upstream: FakeOpenAI, fmt: str,
+                                                       kept: int, edited: int) -> None:
+    """A Display-P3 input: the served file carries the input's profile in every format, the
+    kept half has the input's numbers, and the edited half means the colour the upstream
+    answered (an untagged, so sRGB, green), not the same numbers read as P3."""
+    p3 = display_p3()
+    original = picture((300, 200))
+    mask = Image.new("L", (300, 200), 0)
+    mask.paste(255, (150, 0, 300, 200))
+    upstream.answer = encode(Image.new("RGB", (1248, 832), (0, 200, 0)), "PNG")
+    gw, key_id, key = start(gateway_factory)
+    resp = httpx.post(f"{gw.base_url}/v1/images/edits",
+                      headers={"authorization": f"Bearer {key}"},
+                      files={"image": ("p3.png", encode(original, "PNG", icc_profile=p3),
+                                       "image/png"),
+                             "mask": ("mask.png", encode(mask, "PNG"), "image/png")},
+                      data={"model": "flux-kontext-pro", "prompt": "green", "output_format": fmt,
+                            "response_format": "b64_json"}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    image = decoded(base64.b64decode(resp.json()["data"][0]["b64_json"]))
+    assert image.info.get("icc_profile") == p3
+    # (JPEG blocks are 8 pixels wide: the one at the mask's edge mixes both halves)
+    assert max_diff(image.crop((0, 0, 144, 200)), original.crop((0, 0, 144, 200))) <= kept
+    edit = image.crop((160, 0, 300, 200))
+    want = in_profile(Image.new("RGB", edit.size, (0, 200, 0)), p3)  # sRGB green, in P3 numbers
+    assert want.getpixel((0, 0)) != (0, 200, 0)  # (the same numbers would mean another green)
+    assert max_diff(edit, want) <= edited
+    assert "colour profile" in notes(gw, key_id)
+
+
+def test_converted_result_keeps_its_own_profile(gateway_factory: Any,
+                                                upstream: FakeOpenAI) -> None:
+    p3 = display_p3()
+    source = picture(SIZE)
+    upstream.answer = encode(source, "JPEG", quality=92, icc_profile=p3)
+    gw, _, key = start(gateway_factory)
+    served = decoded(generate(gw, key, output_format="png"))
+    assert served.format == "PNG" and served.info.get("icc_profile") == p3
+    assert max_diff(served, decoded(upstream.answer)) == 0
