@@ -162,6 +162,7 @@ class ChatCompletionRequest(BaseModel):
     aspect_ratio: AspectRatio = None
     seed: Seed = None
     output_format: OutputFormatField = None
+    output_compression: Compression = None
     safety_tolerance: Safety = None
     prompt_upsampling: Flag = None
 

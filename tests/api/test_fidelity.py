@@ -512,3 +512,36 @@ def test_converted_result_keeps_its_own_profile(gateway_factory: Any,
     served = decoded(generate(gw, key, output_format="png"))
     assert served.format == "PNG" and served.info.get("icc_profile") == p3
     assert max_diff(served, decoded(upstream.answer)) == 0
+
+
+# -- quality from every surface reaches the upstream (the sandbox encodes at it) ---------------
+def _served_by(gw: Gateway, key: str, surface: str) -> bytes:
+    auth = {"authorization": f"Bearer {key}"}
+    if surface == "replicate":
+        resp = httpx.post(f"{gw.base_url}/replicate/v1/models/black-forest-labs/"
+                          "flux-kontext-pro/predictions", headers={**auth, "prefer": "wait"},
+                          json={"input": {"prompt": "a fox", "output_format": "jpg",
+                                          "output_quality": 40}}, timeout=60)
+        assert resp.status_code == 201, resp.text
+        url = resp.json()["output"]
+    elif surface == "chat":
+        resp = httpx.post(f"{gw.base_url}/v1/chat/completions", headers=auth, timeout=60,
+                          json={"model": "flux-kontext-pro", "output_format": "jpeg",
+                                "output_compression": 40,
+                                "messages": [{"role": "user", "content": "a fox"}]})
+        assert resp.status_code == 200, resp.text
+        content = resp.json()["choices"][0]["message"]["content"]
+        url = content.split("](", 1)[1].split(")", 1)[0]
+    else:
+        return generate(gw, key, output_format="jpeg", output_compression=40)
+    image = httpx.get(url, timeout=30)
+    assert image.status_code == 200
+    return image.content
+
+
+@pytest.mark.parametrize("surface", ["openai.images", "chat", "replicate"])
+def test_quality_from_every_surface_reaches_the_upstream(gateway: Gateway, api_key: str,
+                                                         surface: str) -> None:
+    served = _served_by(gateway, api_key, surface)
+    assert sniff(served) == "JPEG"
+    assert quant(served) == quant(encode(Image.new("RGB", (16, 16)), "JPEG", quality=40))
