@@ -16,7 +16,8 @@ promises (README, "Edits and results"):
   stretched), converted into the input's ICC profile when it has one (`colour.convert`),
   then composited (`masks.blend`) and encoded in the asked format with the input's profile.
 * **Pass-through.** A result already in the asked format and ratio, with no mask, is served
-  byte for byte (metadata such as C2PA manifests kept).
+  byte for byte (metadata such as C2PA manifests kept). Where the pipeline re-encodes a
+  result that carried a C2PA manifest, the notes say it was lost (`provenance.has_c2pa`).
 
 Every change made is described in `Finished.notes`, for the job record. Synchronous Pillow
 work: callers run it in a thread.
@@ -37,9 +38,12 @@ from gateway.images.colour import convert
 from gateway.images.encode import DEFAULT_JPEG_QUALITY, FORMAT_OF, MIME, encode, has_alpha
 from gateway.images.masks import blend, load_mask, open_result
 from gateway.images.modes import to_8bit
+from gateway.images.provenance import has_c2pa
 from gateway.images.validate import sniff
 
 Fit = Literal["pass", "crop", "pad"]
+C2PA_LOST = ("the upstream's C2PA content credentials (manifest) were lost: the gateway "
+             "re-encoded the image and does not sign its own manifest yet")
 RATIO_TOLERANCE = 0.02  # relative width/height error a result may have before `fit` applies
 
 
@@ -156,6 +160,8 @@ def finish_output(data: bytes, *, asked_format: OutputFormat, asked_ratio: float
                          f"{_how_encoded(asked_format, quality)}")
         encoded = encode(out, asked_format, quality=quality,
                          icc_profile=im.info.get("icc_profile"))
+        if has_c2pa(data):
+            notes.append(C2PA_LOST)
         return Finished(encoded, asked_format, out.width, out.height, tuple(notes))
 
 
@@ -193,6 +199,8 @@ def _finish_masked(data: bytes, fmt: str, *, asked_format: OutputFormat, quality
         if FORMAT_OF.get(fmt) != asked_format:
             notes.append(f"the upstream answered {fmt}; the masked result was written as "
                          f"{asked_format.upper()}{_how_encoded(asked_format, quality)}")
+        if has_c2pa(data):
+            notes.append(C2PA_LOST)
         return Finished(encoded, asked_format, merged.width, merged.height, tuple(notes))
 
 

@@ -24,6 +24,7 @@ from PIL import Image, ImageFile
 
 from adapters.base import InputImage
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from gateway.images.provenance import has_c2pa
 from gateway.images.reencode import reencode_input
 
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -175,9 +176,11 @@ def validate_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
         assert fmt is not None
         if not (fmt == "GIF" or animated or rotated):
             return InputImage(data=data, mime=_MIME[fmt], width=im.width, height=im.height)
+        original = data
         data, mime, (width, height), how = reencode_input(im, fmt, max_bytes=max_bytes)
         if notes is not None:
             why = ("its EXIF orientation was applied" if rotated else
                    "its first frame was taken" if animated else "it was a GIF")
-            notes.append(f"{param}: {why}; sent upstream re-encoded {how}")
+            lost = "; its C2PA content credentials were not kept" if has_c2pa(original) else ""
+            notes.append(f"{param}: {why}; sent upstream re-encoded {how}{lost}")
         return InputImage(data=data, mime=mime, width=width, height=height)

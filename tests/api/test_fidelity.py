@@ -27,6 +27,7 @@ from PIL import Image, ImageChops, ImageCms, JpegImagePlugin
 
 from gateway.images.validate import sniff
 from tests.conftest import Gateway, jobs_of
+from tests.images.credentials import active_manifest, sign
 from tests.images.profiles import display_p3
 
 UPSTREAM = "https://oai.fidelity.test"
@@ -545,3 +546,49 @@ def test_quality_from_every_surface_reaches_the_upstream(gateway: Gateway, api_k
     served = _served_by(gateway, api_key, surface)
     assert sniff(served) == "JPEG"
     assert quant(served) == quant(encode(Image.new("RGB", (16, 16)), "JPEG", quality=40))
+
+
+# -- provenance --------------------------------------------------------------------------------
+MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@pytest.mark.parametrize(("answered", "asked", "ratio", "kept"), [
+    pytest.param("png", "png", "1:1", True, id="png passes through: manifest kept"),
+    pytest.param("jpeg", "jpeg", "1:1", True, id="jpeg passes through: manifest kept"),
+    pytest.param("webp", "webp", "1:1", True, id="webp passes through: manifest kept"),
+    pytest.param("png", "jpeg", "1:1", False, id="converted: lost, and noted"),
+    pytest.param("jpeg", "jpeg", "16:9", False, id="cropped: lost, and noted"),
+])
+def test_content_credentials_are_kept_or_their_loss_is_noted(
+        gateway_factory: Any, upstream: FakeOpenAI, answered: str, asked: str, ratio: str,
+        kept: bool) -> None:
+    plain = encode(picture(SIZE), {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[answered])
+    upstream.answer = sign(plain, MIMES[answered])
+    label = active_manifest(upstream.answer, MIMES[answered])
+    assert label is not None
+    gw, key_id, key = start(gateway_factory)
+    served = generate(gw, key, output_format=asked, aspect_ratio=ratio)
+    if kept:
+        assert served == upstream.answer
+        assert active_manifest(served, MIMES[asked]) == label
+        assert "C2PA" not in notes(gw, key_id)
+    else:
+        assert active_manifest(served, MIMES[asked]) is None
+        assert "C2PA content credentials (manifest) were lost" in notes(gw, key_id)
+
+
+def test_masked_edit_of_a_signed_result_notes_the_lost_credentials(
+        gateway_factory: Any, upstream: FakeOpenAI) -> None:
+    upstream.answer = sign(encode(picture((1248, 832)), "PNG"), "image/png")
+    gw, key_id, key = start(gateway_factory)
+    mask = Image.new("L", (300, 200), 255)
+    resp = httpx.post(f"{gw.base_url}/v1/images/edits",
+                      headers={"authorization": f"Bearer {key}"},
+                      files={"image": ("in.png", encode(picture((300, 200)), "PNG"), "image/png"),
+                             "mask": ("mask.png", encode(mask, "PNG"), "image/png")},
+                      data={"model": "flux-kontext-pro", "prompt": "x",
+                            "response_format": "b64_json"}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    served = base64.b64decode(resp.json()["data"][0]["b64_json"])
+    assert active_manifest(served, "image/png") is None
+    assert "C2PA content credentials (manifest) were lost" in notes(gw, key_id)

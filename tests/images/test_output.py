@@ -11,8 +11,10 @@ from PIL import Image, ImageChops, JpegImagePlugin
 
 from gateway.images.encode import encode
 from gateway.images.output import crop_box, finish_output, pad_size
+from gateway.images.provenance import has_c2pa
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff, validate_image
+from tests.images.credentials import sign
 from tests.images.profiles import display_p3
 
 
@@ -129,3 +131,18 @@ def test_stitch_keeps_a_shared_profile_and_converts_mixed_ones_to_srgb() -> None
     assert "icc_profile" not in mixed.info or not mixed.info["icc_profile"]
     left, right = mixed.getpixel((5, 5)), mixed.getpixel((25, 5))
     assert max(abs(a - b) for a, b in zip(left, right, strict=True)) <= 6  # the same red
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [("PNG", "image/png"), ("JPEG", "image/jpeg"),
+                                           ("WEBP", "image/webp")])
+def test_c2pa_manifest_is_found_where_the_specification_embeds_it(fmt: str, mime: str) -> None:
+    plain = save(Image.new("RGB", (16, 16), (1, 2, 3)), fmt)
+    signed = sign(plain, mime)
+    assert has_c2pa(signed) and not has_c2pa(plain)
+    assert not has_c2pa(signed[:40])  # cut short: no crash, no claim
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = sign(save(Image.new("RGB", (16, 8)), fmt, exif=exif.tobytes()), mime)
+    notes: list[str] = []
+    validate_image(rotated, param="image", max_bytes=10**7, max_pixels=10**7, notes=notes)
+    assert notes and notes[0].endswith("its C2PA content credentials were not kept")
