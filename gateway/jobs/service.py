@@ -74,7 +74,6 @@ class _Superseded(Exception):
 
 
 TERMINAL = [s.value for s in JobStatus if s.terminal]
-_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _CANCEL_TIMEOUT = 15.0  # seconds for a best-effort upstream cancel
 _DOWNLOAD_ATTEMPTS = 3  # a result download is a safe GET: retried on transient failures
 _STITCH_MAX_PIXELS = 4_000_000  # Kontext works at ~1 MP; keeps the merged upload small
