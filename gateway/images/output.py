@@ -169,7 +169,8 @@ def _finish_masked(data: bytes, fmt: str, *, asked_format: OutputFormat, quality
                    fit: Fit, original: bytes, mask: bytes) -> Finished:
     notes: list[str] = []
     with open_result(original, param="image") as orig_im, open_result(data) as res_im:
-        weights = load_mask(mask, image_size=orig_im.size)
+        weights = load_mask(mask, image_size=orig_im.size, max_bytes=max(len(mask), 1),
+                            max_pixels=max(orig_im.width * orig_im.height, 1))  # checked at intake
         ratio = orig_im.width / orig_im.height
         top: Image.Image = res_im
         if not _within(res_im.size, (ratio,)) and fit != "pass":
