@@ -11,10 +11,11 @@ promises (README, "Edits and results"):
   (2 %) off both the asked ratio and its Kontext bucket, the channel's `fit` applies:
   `crop` (the default) cuts the centre out at the asked ratio, `pad` letterboxes it
   (transparent for PNG/WebP, white for JPEG), `pass` serves it as it came. Never upscaled.
-* **Masked edits** come back at the input's size: the result is first fitted to the input's
-  ratio (`crop`: centre cut; `pad`: scaled to fit inside, the rest is the original; `pass`:
-  stretched), converted into the input's ICC profile when it has one (`colour.convert`),
-  then composited (`masks.blend`) and encoded in the asked format with the input's profile.
+* **Masked edits** come back at the input's size: a result more than 2 % off the input's
+  ratio and its bucket is first fitted to the input's ratio (`crop`: centre cut; `pad`:
+  scaled to fit inside, the rest is the original; `pass`: stretched), converted into the
+  input's ICC profile when it has one (`colour.convert`), then composited (`masks.blend`)
+  and encoded in the asked format with the input's profile.
 * **Pass-through.** A result already in the asked format and ratio, with no mask, is served
   byte for byte (metadata such as C2PA manifests kept). Where the pipeline re-encodes a
   result that carried a C2PA manifest, the notes say it was lost (`provenance.has_c2pa`).
@@ -33,13 +34,14 @@ from typing import Literal
 from PIL import Image
 
 from adapters.base import OutputFormat
+from adapters.buckets import bucket_for_ratio
 from gateway.errors import InvalidRequest
 from gateway.images.colour import convert
 from gateway.images.encode import DEFAULT_JPEG_QUALITY, FORMAT_OF, MIME, encode, has_alpha
 from gateway.images.masks import blend, load_mask, open_result
 from gateway.images.modes import to_8bit
 from gateway.images.provenance import has_c2pa
-from gateway.images.validate import sniff
+from gateway.images.validate import sniff, upright_size
 
 Fit = Literal["pass", "crop", "pad"]
 C2PA_LOST = ("the upstream's C2PA content credentials (manifest) were lost: the gateway "
@@ -131,16 +133,21 @@ def finish_output(data: bytes, *, asked_format: OutputFormat, asked_ratio: float
         return _finish_masked(data, fmt, asked_format=asked_format, quality=quality, fit=fit,
                               original=original, mask=mask)
     notes: list[str] = []
+    targets = tuple(t for t in (asked_ratio, bucket[0] / bucket[1] if bucket else None)
+                    if t is not None)
+    same_format = FORMAT_OF.get(fmt) == asked_format
+    peeked = upright_size(data) if same_format else None
+    if peeked is not None:  # right format: decided from the header, nothing decoded
+        off = bool(targets) and not _within(peeked, targets)
+        if not off or fit == "pass":
+            if off:
+                notes.append(_off_note(peeked, asked_ratio or targets[0], "served as it came "
+                                       "(fit: pass)"))
+            return Finished(data, asked_format, peeked[0], peeked[1], tuple(notes))
     with open_result(data) as im:
         size = im.size
-        targets = tuple(t for t in (asked_ratio, bucket[0] / bucket[1] if bucket else None)
-                        if t is not None)
         off = bool(targets) and not _within(size, targets)
-        same_format = FORMAT_OF.get(fmt) == asked_format
-        if same_format and (not off or fit == "pass"):
-            if off:
-                notes.append(_off_note(size, asked_ratio or targets[0], "served as it came "
-                                       "(fit: pass)"))
+        if same_format and (not off or fit == "pass"):  # (a header that could not be peeked)
             return Finished(data, asked_format, size[0], size[1], tuple(notes))
         out: Image.Image = im
         if off and fit != "pass":
@@ -172,8 +179,10 @@ def _finish_masked(data: bytes, fmt: str, *, asked_format: OutputFormat, quality
         weights = load_mask(mask, image_size=orig_im.size, max_bytes=max(len(mask), 1),
                             max_pixels=max(orig_im.width * orig_im.height, 1))  # checked at intake
         ratio = orig_im.width / orig_im.height
+        bw, bh = bucket_for_ratio(ratio)
+        targets = (ratio, bw / bh)  # the input's ratio, or the Kontext bucket made for it
         top: Image.Image = res_im
-        if not _within(res_im.size, (ratio,)) and fit != "pass":
+        if not _within(res_im.size, targets) and fit != "pass":
             if fit == "crop":
                 top = res_im.crop(crop_box(res_im.size, ratio))
                 how = f"centre-cropped to {top.width}x{top.height}"
@@ -183,7 +192,7 @@ def _finish_masked(data: bytes, fmt: str, *, asked_format: OutputFormat, quality
             notes.append(f"the upstream answered {res_im.width}x{res_im.height}, "
                          f"{ratio_error(res_im.width, res_im.height, ratio):.1%} off the "
                          f"input's ratio; {how} (fit: {fit}) before the mask was applied")
-        elif not _within(res_im.size, (ratio,)):
+        elif not _within(res_im.size, targets):
             notes.append(f"the upstream answered {res_im.width}x{res_im.height}, off the "
                          "input's ratio; stretched to the input's size (fit: pass)")
         icc = orig_im.info.get("icc_profile")

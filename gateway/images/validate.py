@@ -135,6 +135,23 @@ def open_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
         raise
 
 
+def upright_size(data: bytes) -> tuple[int, int] | None:
+    """The (width, height) an image shows at, EXIF orientation applied, read from its header
+    only (nothing is decoded); None when the header cannot be read or the image is over
+    Pillow's bomb guard. For bytes that may be passed on untouched."""
+    fmt = sniff(data)
+    if fmt is None:
+        return None
+    harden_pillow()
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            w, h = im.size
+            return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning):
+        return None
+
+
 def _orientation(im: Image.Image) -> int:
     try:
         value = im.getexif().get(_ORIENTATION_TAG, 1)
