@@ -9,7 +9,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
@@ -49,6 +48,7 @@ from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
+from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.serving import DrainMiddleware
 from gateway.settings import ConfigError, Settings
 from gateway.storage.base import Storage, StorageError
@@ -121,9 +121,6 @@ async def build_services(settings: Settings) -> Services:
     if settings.auto_migrate:
         await upgrade(engine)
     sessions = make_sessionmaker(engine)
-    timeout = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
-    http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200),
-                             headers={"user-agent": f"fluxgate/{__version__}"})
     secret = (settings.storage.signing_secret.encode() if settings.storage.signing_secret
               else load_or_create_secret(settings.data_dir / "secret.key"))
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
@@ -139,22 +136,24 @@ async def build_services(settings: Settings) -> Services:
     # SQLite has one writer at a time: the job pipeline's writes are grouped into shared
     # transactions instead of queueing for the lock; PostgreSQL runs them side by side
     writer = Writer(sessions, group_commit=engine.dialect.name == "sqlite")
+    metrics = Metrics()
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
-                      settings=settings.jobs, writer=writer,
+                      settings=settings.jobs, writer=writer, observer=metrics.job_finished,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
                       outbox=webhooks.outbox)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
-    return Services(settings=settings, engine=engine, transactions=transactions,
-                    pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
-                                             settings.limits.decode_wait),
-                    sessions=sessions, http=http,
-                    router=router, channel_sync=channel_sync, files=file_store,
-                    fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
-                    rate_limiter=RateLimiter(settings.redis_url,
-                                             timeout=settings.limits.rate_limit_timeout,
-                                             cooldown=settings.limits.rate_limit_cooldown,
-                                             replicas=settings.limits.replicas))
+    services = Services(
+        settings=settings, engine=engine, transactions=transactions, metrics=metrics,
+        pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
+                                 settings.limits.decode_wait),
+        sessions=sessions, router=router, channel_sync=channel_sync, files=file_store,
+        fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
+        rate_limiter=RateLimiter(settings.redis_url, timeout=settings.limits.rate_limit_timeout,
+                                 cooldown=settings.limits.rate_limit_cooldown,
+                                 replicas=settings.limits.replicas))
+    metrics.watch(services)
+    return services
 
 
 async def close_services(services: Services) -> None:
@@ -165,7 +164,6 @@ async def close_services(services: Services) -> None:
         await asyncio.gather(*services.pending_writes, return_exceptions=True)
     await services.webhooks.close()
     await services.fetcher.aclose()
-    await services.http.aclose()
     await services.router.aclose()
     await close_storage(services.files.storage)
     await services.engine.dispose()
@@ -225,6 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
                        allow_private_network=settings.cors_private_network)
     # edits read their own (same-sized) cap first and name it; this one guards every route
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
+    app.add_middleware(MetricsMiddleware)  # requests by route template and status
     app.add_middleware(DrainMiddleware)  # a stop under way: 503 + Retry-After to newcomers
     app.add_middleware(RequestIdMiddleware)
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs

@@ -286,6 +286,8 @@ class Settings(BaseSettings):
     public_base_url: str | None = None  # default http://{host}:{port}
     redis_url: str | None = None
     admin_token: str | None = None
+    # GET /metrics wants `Authorization: Bearer $<this variable>`; unset: loopback clients only
+    metrics_token_env: str | None = None
     log_level: str = "INFO"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # answer Chrome's Private Network Access preflights (a public web page calling a gateway on

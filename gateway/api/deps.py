@@ -7,7 +7,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -22,6 +21,7 @@ from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import Router
 from gateway.jobs.service import JobService
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.storage.files import FileStore
 from gateway.webhooks.service import WebhookService
@@ -34,7 +34,6 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    http: httpx.AsyncClient
     router: Router
     files: FileStore
     fetcher: ImageFetcher
@@ -43,6 +42,7 @@ class Services:
     webhooks: WebhookService
     channel_sync: ChannelStateSync
     transactions: TransactionCounter = field(default_factory=TransactionCounter)
+    metrics: Metrics = field(default_factory=Metrics)
     pixel_budget: PixelBudget = field(
         default_factory=lambda: PixelBudget(100_000_000, 5.0))  # replaced from settings
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)

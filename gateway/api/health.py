@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import os
+
 import anyio
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from gateway.api.deps import PrincipalDep, ServicesDep
 from gateway.api.openapi import OPENAI_ERRORS
 from gateway.api.schemas import ModelCard, ModelList
-from gateway.errors import NotFound
+from gateway.errors import NotFound, PermissionDenied
 from gateway.models import listed_models, resolve_model
 
 router = APIRouter(responses=OPENAI_ERRORS)
@@ -31,6 +36,31 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
                       "disabled": c.disabled_reason, "breaker": c.breaker.state}
                      for c in services.router.channels],
     }
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus metrics (gateway/metrics.py): with `metrics_token_env` set, for
+    `Authorization: Bearer <its value>`; without, for loopback clients only."""
+    var = services.settings.metrics_token_env
+    token = os.environ.get(var) if var else None
+    if var:
+        sent = request.headers.get("authorization", "")
+        if not token or not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise PermissionDenied("GET /metrics needs the metrics token.",
+                                   code="metrics_forbidden")
+    else:
+        host = request.client.host if request.client else ""
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise PermissionDenied("GET /metrics is served to loopback clients only; set "
+                                   "metrics_token_env to scrape it from elsewhere.",
+                                   code="metrics_forbidden")
+    return Response(generate_latest(services.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/readyz", include_in_schema=False)

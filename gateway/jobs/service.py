@@ -38,7 +38,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -150,10 +150,12 @@ class JobService:
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], router: Router,
                  files: FileStore, prices: PriceTable, settings: JobSettings,
                  moderation_fee: int = 0, outbox: Outbox | None = None,
-                 writer: Writer | None = None) -> None:
+                 writer: Writer | None = None,
+                 observer: Callable[[JobRow], None] | None = None) -> None:
         self.sessions = sessions  # reads; every write of a job goes through `writer`
         self.writer = writer or Writer(sessions, group_commit=False)
         self.outbox = outbox  # webhook deliveries, written in the terminal transaction
+        self.observer = observer  # told of each job once it is terminal (metrics)
         self.router = router
         self.files = files
         self.prices = prices
@@ -754,6 +756,11 @@ class JobService:
             setattr(row, key, value)
         if queued and self.outbox is not None:
             self.outbox.notify()
+        if self.observer is not None:
+            try:
+                self.observer(row)
+            except Exception:  # metrics never stop a job
+                log.exception("the job observer failed")
         return True
 
     async def _fail(self, row: JobRow, code: str, message: str, *, fee: int = 0) -> None:
