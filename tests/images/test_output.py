@@ -146,3 +146,25 @@ def test_c2pa_manifest_is_found_where_the_specification_embeds_it(fmt: str, mime
     notes: list[str] = []
     validate_image(rotated, param="image", max_bytes=10**7, max_pixels=10**7, notes=notes)
     assert notes and notes[0].endswith("its C2PA content credentials were not kept")
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad", "pass"])
+def test_masked_result_off_the_input_ratio_follows_the_fit(fit: Any) -> None:
+    """A square answered to a 2:1 input, fully masked: crop takes its middle band, pad scales
+    it inside with the original at the sides, pass stretches it; always the input's size."""
+    original = Image.new("RGB", (200, 100), (255, 0, 0))
+    answer = Image.new("RGB", (400, 400), (0, 0, 255))
+    answer.paste((0, 255, 0), (0, 100, 400, 300))  # the 2:1 middle band is green
+    mask = save(Image.new("L", (200, 100), 255), "PNG")
+    done = finish_output(save(answer, "PNG"), asked_format="png", fit=fit,
+                         original=save(original, "PNG"), mask=mask)
+    out = opened(done.data).convert("RGB")
+    assert out.size == (200, 100)
+    if fit == "crop":
+        assert max_diff(out, Image.new("RGB", (200, 100), (0, 255, 0))) <= 1
+    elif fit == "pad":  # the square is 100x100 in the middle; the original shows at the sides
+        assert out.getpixel((10, 50)) == (255, 0, 0) and out.getpixel((190, 50)) == (255, 0, 0)
+        assert out.getpixel((100, 50)) == (0, 255, 0) and out.getpixel((100, 5))[2] > 200
+    else:  # stretched: the blue bands show at the top and bottom
+        assert out.getpixel((100, 5))[2] > 200 and out.getpixel((100, 50)) == (0, 255, 0)
+    assert (fit == "pass") == (not any("before the mask was applied" in n for n in done.notes))
