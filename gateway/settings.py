@@ -58,6 +58,8 @@ class ChannelSettings(BaseModel):
     breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
     breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds open before one probe
     model_concurrency: dict[str, int] = Field(default_factory=dict)  # our model -> cap
+    # a result more than 2 % off the asked ratio: centre-crop it, pad it, or serve it as it is
+    fit: Literal["pass", "crop", "pad"] = "crop"
     # HTTP connections to this upstream's API; default max_concurrency + headroom for polls
     # (gateway/jobs/connections.py), 1000 when the concurrency is unlimited
     max_connections: int | None = Field(default=None, ge=1)

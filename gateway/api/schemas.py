@@ -37,6 +37,13 @@ Seed = Annotated[Loose, _documented({"type": "integer", "minimum": -1, "maximum"
 Safety = Annotated[Loose, _documented({"type": "integer", "minimum": 0, "maximum": 6},
                                       "Moderation tolerance, 0 (strict) to 6.")]
 Flag = Annotated[Loose, _documented({"type": "boolean"}, "true or false.")]
+Compression = Annotated[Loose, _documented(
+    {"type": "integer", "minimum": 0, "maximum": 100},
+    "JPEG/WebP quality, 0 to 100 (OpenAI's output_compression).")]
+Quality = Annotated[Loose, _documented(
+    {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0, "maximum": 100}]},
+    "OpenAI's words (low, medium, high, auto...) are accepted and ignored; a number 0 to 100 "
+    "is the JPEG/WebP quality.")]
 #: the aspect ratios Kontext makes (any W:H or WxH between 21:9 and 9:21 is accepted)
 RATIOS = ("21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21")
 AspectRatio = Annotated[str | None, _documented(
@@ -67,6 +74,8 @@ class KontextImageFields(BaseModel):
     aspect_ratio: AspectRatio = None
     seed: Seed = None
     output_format: OutputFormatField = None
+    output_compression: Compression = None
+    quality: Quality = None
     safety_tolerance: Safety = None
     prompt_upsampling: Flag = None
     webhook_url: str | None = None
@@ -159,6 +168,7 @@ class ChatCompletionRequest(BaseModel):
     aspect_ratio: AspectRatio = None
     seed: Seed = None
     output_format: OutputFormatField = None
+    output_compression: Compression = None
     safety_tolerance: Safety = None
     prompt_upsampling: Flag = None
 

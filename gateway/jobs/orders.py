@@ -43,6 +43,7 @@ class Order:
     operation: Literal["generate", "edit"] = "generate"
     aspect_ratio: str | None = None
     output_format: OutputFormat = "png"
+    quality: int | None = None  # JPEG/WebP quality 0..100 (intake.parse_quality)
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,14 +76,17 @@ class OrderDesk:
         self.budget = budget or PixelBudget(limits.decode_pixel_budget, limits.decode_wait)
 
     async def load_image(self, param: str, data: bytes,
-                         ratio: tuple[float, float] | None = None) -> InputImage:
+                         ratio: tuple[float, float] | None = None,
+                         notes: list[str] | None = None) -> InputImage:
         """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`); `ratio`
-        bounds the upright width/height."""
+        bounds the upright width/height; a re-encoding (EXIF rotation, GIF...) is noted in
+        `notes`."""
         lo, hi = ratio if ratio is not None else (None, None)
         async with self.budget.admit(header_pixels(data)):  # bounded memory: see budget.py
             return await anyio.to_thread.run_sync(lambda: validate_image(
                 data, param=param, max_bytes=self.limits.max_image_bytes,
-                max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
+                max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi,
+                notes=notes))
 
     def check_image_count(self, count: int, param: str = "image") -> None:
         """Raise InvalidRequest (`too_many_images`) above the per-request cap."""
@@ -104,7 +108,24 @@ class OrderDesk:
                 raise group_error.exceptions[0] from None
             blobs += [(param, task.result())
                       for (param, _), task in zip(order.image_refs, fetches, strict=True)]
-        return [await self.load_image(param, data, order.input_ratio) for param, data in blobs]
+        return [await self.load_image(param, data, order.input_ratio, order.notes)
+                for param, data in blobs]
+
+    def check_mask_slots(self, customer: Customer, model: str, count: int) -> None:
+        """Raise InvalidRequest (`mask_with_stitching`) when no channel that could serve
+        `model` for this customer takes `count` input images: they would be stitched into one
+        image, where the mask (drawn on the first image) has no defined place."""
+        router = self.jobs.router
+        channels = ([router.test_channel] if customer.mode == "test"
+                    else [c for c in router.channels if c.serves(model)])
+        slots = max((c.adapter.capabilities.max_input_images for c in channels if c is not None),
+                    default=count)
+        if slots < count:
+            raise InvalidRequest(
+                f"mask: the channels for {model} take at most {slots} input image(s), so the "
+                f"{count} images would be stitched into one, and a mask cannot be placed on a "
+                "stitched result. Send the image to edit alone with its mask, or no mask.",
+                param="mask", code="mask_with_stitching")
 
     async def store_mask(self, customer: Customer, mask: bytes,
                          images: list[InputImage]) -> FileRow:
@@ -143,6 +164,8 @@ class OrderDesk:
         images = await self.inputs(order)
         files = []
         mask_id = None
+        if order.mask is not None and len(images) > 1:
+            self.check_mask_slots(customer, order.model, len(images))
         if order.mask is not None:
             files.append(await self.store_mask(customer, order.mask, images))
             mask_id = files[-1].id
@@ -160,6 +183,7 @@ class OrderDesk:
                     input_file_ids=file_ids, mask_file_id=mask_id,
                     aspect_ratio=order.aspect_ratio, notes=list(order.notes),
                     seed=(order.seed + i) % (MAX_SEED + 1), output_format=order.output_format,
+                    quality=order.quality,
                     safety_tolerance=order.safety_tolerance,
                     prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),
                     webhook_url=order.webhook_url, webhook_secret=order.webhook_secret)

@@ -72,17 +72,16 @@ from gateway.errors import (
     Timeout,
     UpstreamError,
 )
-from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
-from gateway.images.validate import sniff
 from gateway.jobs import channel_state, leases
 from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
+from gateway.jobs.results import finish_result
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
 from gateway.settings import JobSettings
-from gateway.storage.files import FileStore, image_size
+from gateway.storage.files import FileStore
 from gateway.storage.tables import FileRow
 from gateway.webhooks.outbox import Outbox
 
@@ -118,7 +117,6 @@ def _update_statement(columns: tuple[str, ...], running_here: bool) -> Any:
 _PROGRESS = ("stage", "channel", "upstream_model", "upstream_id", "poll_url", "upstream_handle",
              "attempts", "polls", "spec", "timeline", "outputs", "upstream_cost",
              "upstream_latency", "submitted_at")
-_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _CANCEL_TIMEOUT = 15.0  # seconds for a best-effort upstream cancel
 _DOWNLOAD_ATTEMPTS = 3  # a result download is a safe GET: retried on transient failures
 _STITCH_MAX_PIXELS = 4_000_000  # Kontext works at ~1 MP; keeps the merged upload small
@@ -446,7 +444,7 @@ class JobService:
         if len(inputs) <= slots:
             return inputs, spec
         if not stitched:
-            fmt: OutputFormat = "jpeg" if all(i.mime == "image/jpeg" for i in inputs) else "png"
+            fmt: OutputFormat = "png"  # lossless: a JPEG input gets no second generation
             merged = await anyio.to_thread.run_sync(lambda: stitch(
                 [i.data for i in inputs], output_format=fmt, max_pixels=_STITCH_MAX_PIXELS,
                 max_bytes=max(len(i.data) for i in inputs),
@@ -482,7 +480,7 @@ class JobService:
         return UpstreamRequest(
             model=channel.upstream_model(spec.model), prompt=spec.prompt,
             operation=spec.operation, images=tuple(inputs), aspect_ratio=ratio,
-            width=width, height=height, seed=spec.seed, output_format=fmt,
+            width=width, height=height, seed=spec.seed, output_format=fmt, quality=spec.quality,
             safety_tolerance=safety, prompt_upsampling=spec.prompt_upsampling,
             extra=dict(spec.extra))
 
@@ -527,6 +525,9 @@ class JobService:
                            inputs: list[InputImage], stitched: list[InputImage]) -> _Attempt:
         """Submit to one channel and, once accepted, follow the job to its end (done=True).
         Refusals that another channel (or a later round) may not meet answer done=False."""
+        if spec.mask_file_id and len(inputs) > channel.adapter.capabilities.max_input_images:
+            return _Attempt(error=f"channel {channel.name} would stitch the inputs, and a mask "
+                            "cannot be placed on a stitched result")
         sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
         if channel.would_wait(spec.model) and row.status == JobStatus.RUNNING.value:
             # it may wait long for a slot: a restart meanwhile may submit it again
@@ -675,22 +676,6 @@ class JobService:
         except (AdapterError, TimeoutError) as exc:
             log.warning("cancel of upstream job %s failed: %s", upstream.id, exc)
 
-    async def _apply_mask(self, spec: JobSpec, result: bytes) -> bytes:
-        """The first input with the mask's area taken from `result` (scaled to the input's
-        size), encoded as the requested output format. Raises InvalidRequest when the result
-        cannot be decoded."""
-        assert spec.mask_file_id is not None
-        mask_row, mask = await self.files.read(spec.mask_file_id)
-        input_row, original = await self.files.read(spec.input_file_ids[0])
-        size = (input_row.width or 0, input_row.height or 0)
-
-        def work() -> bytes:
-            with load_mask(mask, image_size=size, max_bytes=max(mask_row.size, 1),
-                           max_pixels=max(size[0] * size[1], 1)) as weights:
-                return composite(original, result, weights, spec.output_format)
-
-        return await anyio.to_thread.run_sync(work)
-
     async def _download(self, channel: Channel, output: UpstreamOutput) -> bytes:
         """The result's bytes within `download_timeout` in total. A download is a safe GET:
         a transient failure (UpstreamUnavailable) is retried, at most `_DOWNLOAD_ATTEMPTS`
@@ -716,21 +701,14 @@ class JobService:
             for output in upstream.outputs:
                 data = output.data if output.data is not None \
                     else await self._download(channel, output)
-                fmt = sniff(data)
-                if fmt is None:
-                    raise UpstreamRejected("the upstream returned something that is not an image")
-                if spec.mask_file_id and spec.input_file_ids:
-                    try:
-                        data = await self._apply_mask(spec, data)
-                    except InvalidRequest as exc:
-                        raise UpstreamRejected(f"the result could not be masked: {exc.message}"
-                                               ) from exc
-                    fmt = sniff(data)
-                    assert fmt is not None
-                size = await anyio.to_thread.run_sync(image_size, data)
-                if size is None:
-                    raise UpstreamRejected("the upstream returned an unreadable image")
-                stored = await self.files.stage(data, _MIME[fmt], kind="output", job_id=row.id,
+                try:  # format, ratio, quality and mask as asked (gateway/images/output.py)
+                    done = await finish_result(self.files, spec, data, fit=channel.settings.fit)
+                except InvalidRequest as exc:
+                    raise UpstreamRejected(f"the result is unusable: {exc.message}") from exc
+                data, size = done.data, (done.width, done.height)
+                if done.notes:  # what the output pipeline changed, after the job's own notes
+                    row.spec = {**row.spec, "notes": [*row.spec.get("notes", []), *done.notes]}
+                stored = await self.files.stage(data, done.mime, kind="output", job_id=row.id,
                                                 key_id=row.key_id, size=size)
                 staged.append(stored)
                 outputs.append(JobOutput(file_id=stored.id, ext=stored.ext,
