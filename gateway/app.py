@@ -28,6 +28,7 @@ from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
 from gateway.settings import ConfigError, Settings
+from gateway.storage import sweep as storage_sweep
 from gateway.storage.base import Storage, StorageError
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
@@ -165,9 +166,12 @@ def create_app(settings: Settings) -> FastAPI:
         interval = settings.billing.idempotency_purge_interval
         purge = (asyncio.create_task(housekeeping.run(services.sessions, interval),
                                      name="idempotency-purge") if interval else None)
+        # orphan sweep (issue 17 item 6; gateway/storage/sweep.py)
+        sweeper = storage_sweep.start(services.files.storage, services.sessions, settings.storage)
         try:
             yield
         finally:
+            await storage_sweep.stop(sweeper)
             if purge is not None:
                 purge.cancel()
                 await asyncio.gather(purge, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""The `fluxgate` command: serve, keys, usage, db, webhooks."""
+"""The `fluxgate` command: serve, keys, usage, db, webhooks, storage."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 webhooks_app = typer.Typer(help="Outbound result webhooks.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+storage_app = typer.Typer(help="Re-hosted file storage.", no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
 console = Console()
 T = TypeVar("T")
 
@@ -323,6 +325,43 @@ def webhooks_replay(delivery_id: Annotated[str, typer.Argument(help="the msg_...
         typer.echo(f"fluxgate: no failed or disabled delivery {delivery_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{delivery_id}: pending")
+
+
+@storage_app.command("reconcile")
+def storage_reconcile(
+        apply: Annotated[bool, typer.Option("--apply", help="remove what is found")] = False,
+        grace: Annotated[float | None, typer.Option(
+            "--grace", min=60, help="seconds an orphan must be old (default storage.sweep_grace)",
+        )] = None,
+        config: ConfigOpt = None) -> None:
+    """Report storage orphans: stored objects with no file row, and input/mask/output file
+    rows no job references (older than the grace period; never a live job's files). With
+    --apply, remove them, as the periodic sweep does."""
+    from gateway.app import build_storage, close_storage
+    from gateway.storage import sweep
+
+    settings = _settings(config)
+
+    async def go() -> sweep.Orphans:
+        storage = await build_storage(settings)
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            act = sweep.sweep if apply else sweep.find_orphans
+            return await act(storage, make_sessionmaker(engine),
+                             grace=grace or settings.storage.sweep_grace)
+        finally:
+            await engine.dispose()
+            await close_storage(storage)
+
+    found = asyncio.run(go())
+    verb = "removed" if apply else "found"
+    for key in found.objects:
+        typer.echo(f"object without a file row: {key}")
+    for file_id, key in found.rows.items():
+        typer.echo(f"file row no job references: {file_id} ({key})")
+    typer.echo(f"{verb} {len(found.objects)} objects without a file row, {len(found.rows)} "
+               f"file rows no job references; {found.unknown} objects under other keys left "
+               "alone")
 
 
 def main() -> None:

@@ -101,6 +101,10 @@ class StorageSettings(BaseModel):
     s3: S3Settings = Field(default_factory=S3Settings)  # kind s3: the bucket
     url_ttl: int = Field(default=7 * 24 * 3600, ge=60)  # seconds a signed file URL stays valid
     signing_secret: str | None = None  # default: generated once into $data_dir/secret.key
+    # seconds between orphan sweeps (gateway/storage/sweep.py); 0 = off
+    sweep_interval: float = Field(default=3600.0, ge=0)
+    # an object or file row is an orphan only once it is this old (seconds)
+    sweep_grace: float = Field(default=3600.0, ge=60)
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> StorageSettings:
