@@ -33,6 +33,7 @@ Quirks and what is not confirmed:
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 import httpx
@@ -49,11 +50,17 @@ from adapters.base import (
     UpstreamUnavailable,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BASE_URL = "https://api.bfl.ai"
 BFL_MODELS = ("flux-kontext-pro", "flux-kontext-max")
 _EXTRA_IMAGE_FIELDS = ("input_image_2", "input_image_3", "input_image_4")
 _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 _PENDING = frozenset({"Pending", "Processing", "Queued"})
+#: the only words that end a job besides Ready and the moderation ones. Newer BFL models report
+#: working states beyond the documented enum (`Reasoning`, `Generating`, `Uploading`, ...):
+#: failing on those would release a job that BFL then finishes and bills.
+_FAILED = frozenset({"Error", "Failed"})
 
 
 class BflOptions(transport.QueueTimeouts):
@@ -110,7 +117,13 @@ def _from_response(job: UpstreamJob, data: dict[str, Any]) -> UpstreamJob:
     """Update `job` from a get_result answer."""
     status = str(data.get("status", ""))
     progress = data.get("progress")
-    if status in _PENDING:
+    known = status in _PENDING or status in _FAILED or status in _MODERATED \
+        or status in ("Ready", "Task not found")
+    if not known and job.handle.get("unknown_status") != status:
+        log.warning("BFL task %s reports status %r, not a documented one: still polling",
+                    job.id, status[:40])
+        job.handle["unknown_status"] = status  # logged once per job and word
+    if status in _PENDING or not known:
         job.state = UpstreamState.PENDING
         if isinstance(progress, int | float):
             job.progress = float(progress)
@@ -133,7 +146,7 @@ def _from_response(job: UpstreamJob, data: dict[str, Any]) -> UpstreamJob:
     elif status == "Task not found":
         job.state = UpstreamState.NOT_FOUND
         job.error_code = "not_found"
-    else:  # "Error" and anything BFL may add
+    else:  # "Error" / "Failed"
         job.state = UpstreamState.FAILED
         job.error_code = "upstream_error"
     job.error_message = detail

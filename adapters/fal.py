@@ -120,10 +120,11 @@ def _from_submit(data: dict[str, Any]) -> UpstreamJob:
 def _from_status(job: UpstreamJob, data: dict[str, Any]) -> bool:
     """Update `job` from a status answer; True when the result should be fetched now."""
     status = data.get("status")
-    if status in ("IN_QUEUE", "IN_PROGRESS"):
+    error = data.get("error")
+    if status in ("IN_QUEUE", "IN_PROGRESS") or (status != "COMPLETED" and not error):
+        # a word fal may add, without an error, is still working: only COMPLETED ends a job
         job.state = UpstreamState.PENDING
         return False
-    error = data.get("error")
     if status == "COMPLETED" and not error:
         return True
     message = str(error or f"unexpected status {status!r}")

@@ -63,7 +63,8 @@ class OpenAICompatibleOptions(BaseModel):
     models: tuple[str, ...] = ("flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev")
     max_input_images: int = Field(default=4, ge=1, le=16)
     connect_timeout: float = Field(default=5.0, gt=0)
-    request_timeout: float = Field(default=180.0, gt=0)  # the whole synchronous generation
+    # the whole synchronous generation: resellers hold the request 10-90 s, some longer
+    request_timeout: float = Field(default=300.0, gt=0)
     download_timeout: float = Field(default=30.0, gt=0)
 
 

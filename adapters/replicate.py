@@ -155,7 +155,10 @@ def _from_response(data: dict[str, Any], job: UpstreamJob | None = None) -> Upst
         job.handle["cancel_url"] = urls["cancel"]
     status = data.get("status")
     error = data.get("error")
-    if status in ("starting", "processing"):
+    if status in ("starting", "processing") or (
+            status not in ("succeeded", "failed", "canceled", "aborted") and not error):
+        # a status Replicate may add, without an error, is still working: only the known
+        # terminal words end a job (failing it would release one Replicate then bills)
         job.state = UpstreamState.PENDING
     elif status == "succeeded":
         output = data.get("output")
@@ -171,7 +174,7 @@ def _from_response(data: dict[str, Any], job: UpstreamJob | None = None) -> Upst
     elif status in ("canceled", "aborted"):
         job.state, job.error_code = UpstreamState.CANCELED, str(status)
         job.error_message = str(error) if error else f"prediction {status}"
-    else:  # failed, or a status Replicate may add
+    else:  # failed, or an unknown status that carries an error
         message = str(error) if error else f"prediction {status}"
         moderated = bool(_MODERATION.search(message))
         job.state = UpstreamState.MODERATED if moderated else UpstreamState.FAILED

@@ -21,7 +21,7 @@ from gateway.api import admin, bfl, chat, edits, errors, files, health, images, 
 from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
-from gateway.database import make_engine, make_sessionmaker, upgrade
+from gateway.database import TransactionCounter, make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
@@ -91,7 +91,11 @@ async def close_storage(storage: Storage) -> None:
 async def build_services(settings: Settings) -> Services:
     """Create every long-lived component (call `close_services` to release them)."""
     storage = await build_storage(settings)  # first: it may stop start-up (ConfigError)
-    engine = make_engine(settings.resolved_database_url)
+    db = settings.database
+    engine = make_engine(settings.resolved_database_url, pool_size=db.pool_size,
+                         max_overflow=db.max_overflow, pool_timeout=db.pool_timeout)
+    transactions = TransactionCounter()
+    transactions.attach(engine)
     if settings.auto_migrate:
         await upgrade(engine)
     sessions = make_sessionmaker(engine)
@@ -116,7 +120,8 @@ async def build_services(settings: Settings) -> Services:
                       outbox=webhooks.outbox)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
-    return Services(settings=settings, engine=engine, sessions=sessions, http=http,
+    return Services(settings=settings, engine=engine, transactions=transactions,
+                    sessions=sessions, http=http,
                     router=router, channel_sync=channel_sync, files=file_store,
                     fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
                     rate_limiter=RateLimiter(settings.redis_url,
@@ -181,7 +186,8 @@ def create_app(settings: Settings) -> FastAPI:
                   description="OpenAI-compatible gateway for FLUX.1 Kontext")
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
-                       allow_credentials=False)
+                       allow_credentials=False,
+                       allow_private_network=settings.cors_private_network)
     # edits read their own (same-sized) cap first and name it; this one guards every route
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
     app.add_middleware(RequestIdMiddleware)

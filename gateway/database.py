@@ -39,16 +39,40 @@ def all_metadata() -> list[MetaData]:
     return [GatewayBase.metadata, BillingBase.metadata]
 
 
-def make_engine(url: str) -> AsyncEngine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys."""
+class TransactionCounter:
+    """Counts the transactions an engine ends (commits and rollbacks) since it was attached:
+    what `/readyz` and the benchmark report as database work per image."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.rollbacks = 0
+
+    def attach(self, engine: AsyncEngine) -> None:
+        event.listen(engine.sync_engine, "commit", self._on_commit)
+        event.listen(engine.sync_engine, "rollback", self._on_rollback)
+
+    def _on_commit(self, _conn: Connection) -> None:
+        self.commits += 1
+
+    def _on_rollback(self, _conn: Connection) -> None:
+        self.rollbacks += 1
+
+
+def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 30,
+                pool_timeout: float = 60.0) -> AsyncEngine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys. The pool is
+    sized from settings (`database.*`); a request waiting for a connection gives up after
+    `pool_timeout` s (the overload guard answers 503 long before that)."""
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    pooled = True
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        pooled = bool(path) and path != ":memory:"  # in-memory: one static connection
+        if pooled:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        kwargs.update(pool_size=20, max_overflow=30)
+    if pooled:
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import NotFound
@@ -27,6 +28,17 @@ MODELS: tuple[ModelInfo, ...] = (
               "FLUX.1 Kontext [dev]: open weights"),
 )
 
+#: OpenAI model names that clients hard-code (the ComfyUI OpenAI node defaults to
+#: `gpt-image-1`, others send `dall-e-3`), answered by a Kontext model; `model_aliases` in the
+#: settings replaces this mapping
+DEFAULT_ALIASES: dict[str, str] = {
+    "gpt-image-1": "flux-kontext-pro",
+    "gpt-image-1-mini": "flux-kontext-pro",
+    "gpt-image-1.5": "flux-kontext-max",
+    "dall-e-3": "flux-kontext-pro",
+    "dall-e-2": "flux-kontext-pro",
+}
+
 _BY_NAME: dict[str, str] = {}
 for _m in MODELS:
     _BY_NAME[_m.id] = _m.id
@@ -34,12 +46,30 @@ for _m in MODELS:
         _BY_NAME[_a.lower()] = _m.id
 
 
-def resolve_model(name: str | None, param: str = "model") -> str:
-    """The canonical id for `name` or one of its aliases; raises NotFound (model_not_found)."""
+def is_model(name: str) -> bool:
+    """Whether `name` is a canonical model id."""
+    return any(m.id == name for m in MODELS)
+
+
+def resolve_model(name: str | None, param: str = "model",
+                  aliases: Mapping[str, str] | None = None) -> str:
+    """The canonical id for `name`, one of its built-in aliases or one of `aliases` (the
+    configured `model_aliases`: name -> canonical id); raises NotFound (model_not_found)."""
     if not name:
         raise NotFound("You must provide a model parameter.", param=param, code="model_not_found")
-    canonical = _BY_NAME.get(name.strip().lower())
+    key = name.strip().lower()
+    canonical = _BY_NAME.get(key)
+    if canonical is None and aliases:
+        canonical = next((target for alias, target in aliases.items()
+                          if alias.lower() == key), None)
     if canonical is None:
         raise NotFound(f"The model `{name}` does not exist or you do not have access to it.",
                        param=param, code="model_not_found")
     return canonical
+
+
+def listed_models(served: Iterable[str], aliases: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`(id, canonical id)` for what `/v1/models` lists: the served models, then each
+    configured alias whose model is served."""
+    served = list(served)
+    return [(m, m) for m in served] + [(a, t) for a, t in aliases.items() if t in served]

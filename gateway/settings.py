@@ -28,6 +28,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.models import DEFAULT_ALIASES, MODELS
+
 
 class ConfigError(Exception):
     """A configuration problem, described in one line that names the field."""
@@ -121,7 +123,11 @@ class JobSettings(BaseModel):
     deadline: float = Field(default=600.0, gt=0)  # a job not done by then fails (stuck upstream)
     poll_initial: float = Field(default=0.5, gt=0)
     poll_max: float = Field(default=5.0, gt=0)
-    submit_timeout: float = Field(default=30.0, gt=0)
+    # the whole submit call; None = each adapter's own (a synchronous OpenAI-compatible
+    # upstream holds the request for minutes, a queue upstream answers in seconds)
+    submit_timeout: float | None = Field(default=None, gt=0)
+    # jobs running in this process at most; past it, creating calls get 503 + Retry-After
+    max_in_flight: int = Field(default=10_000, ge=1)
     download_timeout: float = Field(default=30.0, gt=0)
     sync_wait: float = Field(default=600.0, gt=0)  # how long a synchronous call waits
     submit_rounds: int = Field(default=3, ge=1, le=10)  # offers to every channel when throttled
@@ -138,6 +144,17 @@ class JobSettings(BaseModel):
         return self.adopt_interval if self.adopt_interval is not None else self.lease / 2
     # how often each replica re-reads stored channel disables (upstream 401/402/403, admin)
     channel_sync_interval: float = Field(default=5.0, ge=0)
+
+
+class DatabaseSettings(BaseModel):
+    """The connection pool (PostgreSQL, and SQLite's file database)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool_size: int = Field(default=20, ge=1)
+    max_overflow: int = Field(default=30, ge=0)
+    # how long a request waits for a connection; then 503 with Retry-After, never a 500
+    pool_timeout: float = Field(default=30.0, gt=0)
 
 
 class LimitSettings(BaseModel):
@@ -226,6 +243,10 @@ class BillingSettings(BaseModel):
         return self
 
 
+def _default_aliases() -> dict[str, str]:
+    return dict(DEFAULT_ALIASES)
+
+
 class Settings(BaseSettings):
     """Every setting of fluxgate. Build it with `load_settings()`."""
 
@@ -242,6 +263,12 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: str = "INFO"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # answer Chrome's Private Network Access preflights (a public web page calling a gateway on
+    # localhost or the LAN) for the origins above
+    cors_private_network: bool = True
+    # other model names accepted for a model (name -> flux-kontext-pro|max|dev), listed in
+    # /v1/models; replaces the default mapping (OpenAI's gpt-image-1, dall-e-3...); {} = none
+    model_aliases: dict[str, str] = Field(default_factory=_default_aliases)
     # Peers (IPs or CIDRs, or "*") whose X-Forwarded-For / X-Forwarded-Proto are believed: the
     # client address they name is what key IP allow-lists and logs see. Others' are ignored.
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
@@ -249,10 +276,20 @@ class Settings(BaseSettings):
     sandbox: dict[str, Any] = Field(default_factory=dict)  # options of the default sandbox
     storage: StorageSettings = Field(default_factory=StorageSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _aliases_name_models(cls, v: dict[str, str]) -> dict[str, str]:
+        ids = [m.id for m in MODELS]
+        for alias, target in v.items():
+            if target not in ids:
+                raise ValueError(f"alias {alias!r} names {target!r}, not one of {', '.join(ids)}")
+        return v
 
     @field_validator("public_base_url")
     @classmethod

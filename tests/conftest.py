@@ -45,10 +45,10 @@ class Gateway:
         services: Services = self.app.state.services
         return services
 
-    def call(self, coro: Any) -> Any:
+    def call(self, coro: Any, timeout: float = 60) -> Any:
         """Run a coroutine on the server's event loop (for reading its state in tests)."""
         loop = self.server_loop
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=60)
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=timeout)
 
     server_loop: asyncio.AbstractEventLoop = field(init=False)
 

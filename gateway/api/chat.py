@@ -210,7 +210,7 @@ async def _place(gate: Gate, body: ChatCompletionRequest, principal: Principal,
                  services: Services, desk: OrderDesk) -> tuple[Reply, ChatInput, JobRow]:
     """Validate the request and create its job; raises before anything is charged."""
     requested = (body.model or "").removesuffix(":image")  # LobeChat's image-chat model ids
-    model = resolve_model(requested or None)
+    model = resolve_model(requested or None, aliases=services.settings.model_aliases)
     principal.check_model(model)
     wanted = chat_input(body.messages)
     order = Order(

@@ -15,6 +15,7 @@ from billing import keys
 from billing.errors import RateLimited
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable
+from gateway.database import TransactionCounter
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
@@ -40,6 +41,7 @@ class Services:
     prices: PriceTable
     webhooks: WebhookService
     channel_sync: ChannelStateSync
+    transactions: TransactionCounter = field(default_factory=TransactionCounter)
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     # admission per key; an entry lives only while some request holds or waits for its lock

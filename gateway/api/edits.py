@@ -243,7 +243,7 @@ async def create_edit(request: Request, principal: LimitedPrincipalDep, services
 async def _create_edit(gate: Gate, form: EditForm, principal: Principal, services: Services,
                        desk: OrderDesk) -> JSONResponse:
     body = form.body
-    model = resolve_model(body.model)
+    model = resolve_model(body.model, aliases=services.settings.model_aliases)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
     webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,

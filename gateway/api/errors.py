@@ -22,6 +22,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billing.errors import (
@@ -34,6 +35,7 @@ from billing.errors import (
 )
 from billing.errors import RateLimited as KeyRateLimited
 from gateway import errors as ge
+from gateway.api.key_first import key_error
 from gateway.storage.base import StorageError
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,15 @@ def error_response(exc: Exception, family: Family = "openai") -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _without_offset(err: dict[str, Any]) -> dict[str, Any]:
+    """A validation error as shown: a JSON syntax error's `loc` holds a byte offset, not a
+    field, so it names none (OpenAI `param: null`, BFL `loc: ["body"]`)."""
+    if err.get("type") != "json_invalid":
+        return err
+    reason = (err.get("ctx") or {}).get("error") or "syntax error"
+    return {**err, "loc": ("body",), "msg": f"The request body is not valid JSON: {reason}."}
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
@@ -209,16 +220,21 @@ def install(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        refused = await key_error(request)
+        if refused is not None:  # no key, no word about the body
+            return error_response(refused, family_of(request))
+        errors = [_without_offset(e) for e in exc.errors()]
         if detail_style(request):  # FastAPI's own body, without echoing the input back
             errors = [{k: v for k, v in e.items() if k not in ("input", "url")}
-                      for e in exc.errors()]
+                      for e in errors]
             return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422,
                                 headers={"x-should-retry": "false"})
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        err = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]
         param = ".".join(loc) or None
         message = f"Invalid {param}: {err.get('msg')}" if param else str(err.get("msg"))
-        return error_response(ge.InvalidRequest(message, param=param),
+        code = "invalid_json" if err.get("type") == "json_invalid" else None
+        return error_response(ge.InvalidRequest(message, param=param, code=code),
                               family_of(request))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -245,6 +261,14 @@ def install(app: FastAPI) -> None:
             "internal_error"), family_of(request))
         return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
 
+    async def database_busy(request: Request, exc: Exception) -> JSONResponse:
+        # the pool had no connection within `database.pool_timeout`: overload, not a bug
+        log.warning("database pool exhausted (%s): answering 503", type(exc).__name__)
+        return error_response(ge.ServiceUnavailable(
+            "The gateway is overloaded right now; retry shortly.", code="overloaded",
+            retry_after=1), family_of(request))
+
+    app.add_exception_handler(SqlPoolTimeout, database_busy)
     app.add_exception_handler(ge.GatewayError, gateway_error)
     app.add_exception_handler(BillingError, gateway_error)
     app.add_exception_handler(StorageError, gateway_error)

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from gateway.api.deps import PrincipalDep, ServicesDep
 from gateway.api.openapi import OPENAI_ERRORS
 from gateway.api.schemas import ModelCard, ModelList
 from gateway.errors import NotFound
-from gateway.models import resolve_model
+from gateway.models import listed_models, resolve_model
 
 router = APIRouter(responses=OPENAI_ERRORS)
+_READY_TIMEOUT = 2.0  # seconds for the readiness check's SELECT 1
 _CREATED = 1748736000  # 2025-06-01: the Kontext release month; stable for model pickers
 
 
 @router.get("/healthz", include_in_schema=False)
 async def healthz(services: ServicesDep) -> dict[str, object]:
-    async with services.engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
+    """Liveness: answered from memory only, never waiting on the database or behind jobs."""
     return {
         "status": "ok",
+        "jobs_running": services.jobs.running,
         "rate_limits": {"backend": services.rate_limiter.backend,
                         "backend_errors": services.rate_limiter.backend_errors,
                         "fallbacks": services.rate_limiter.fallbacks},
@@ -30,11 +33,31 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
     }
 
 
+@router.get("/readyz", include_in_schema=False)
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Readiness: the database answers within `_READY_TIMEOUT` s (else 503, so a load balancer
+    sends traffic elsewhere). Also reports the transactions the engine ended since start."""
+    counts = {"transactions": services.transactions.commits,
+              "rollbacks": services.transactions.rollbacks}
+    try:
+        with anyio.fail_after(_READY_TIMEOUT):
+            async with services.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure means "not ready", with its class for operators
+        return JSONResponse({"status": "unavailable", "database": {
+            **counts, "error": type(exc).__name__}}, status_code=503,
+            headers={"retry-after": "1"})
+    return JSONResponse({"status": "ok", "database": counts,
+                         "jobs_running": services.jobs.running})
+
+
 def _cards(services: ServicesDep, allowed: tuple[str, ...] | None) -> list[ModelCard]:
     owner = {c.kind for c in services.router.channels}
     owned_by = "fluxgate-sandbox" if owner == {"sandbox"} else "black-forest-labs"
     return [ModelCard(id=m, created=_CREATED, owned_by=owned_by)
-            for m in services.router.models() if allowed is None or m in allowed]
+            for m, root in listed_models(services.router.models(),
+                                         services.settings.model_aliases)
+            if allowed is None or root in allowed]
 
 
 @router.get("/v1/models")
@@ -45,9 +68,10 @@ async def list_models(principal: PrincipalDep, services: ServicesDep) -> ModelLi
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, principal: PrincipalDep, services: ServicesDep) -> ModelCard:
-    canonical = resolve_model(model_id)
-    for card in _cards(services, principal.models):
-        if card.id == canonical:
-            return card
+    canonical = resolve_model(model_id, aliases=services.settings.model_aliases)
+    cards = _cards(services, principal.models)  # an alias's own card first, else its model's
+    found = [c for c in cards if c.id == model_id] + [c for c in cards if c.id == canonical]
+    if found:
+        return found[0]
     raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.",
                    param="model", code="model_not_found")

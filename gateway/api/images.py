@@ -23,6 +23,10 @@ from gateway.models import resolve_model
 
 router = APIRouter(responses=OPENAI_ERRORS)
 
+#: the only `size` values openai-python 1.x-3.0 accept in strict mode (a Literal there);
+#: any other output size travels as each image's `width` and `height` only
+SDK_SIZES = ("1024x1024", "1024x1536", "1536x1024")
+
 
 def get_desk(services: ServicesDep) -> OrderDesk:
     return OrderDesk(jobs=services.jobs, files=services.files, fetcher=services.fetcher,
@@ -50,8 +54,9 @@ def parse_response_format(value: str | None) -> str | None:
 
 async def images_response(services: Services, rows: list[JobRow], response_format: str | None,
                           ) -> dict[str, Any]:
-    """The OpenAI ImagesResponse for finished jobs; raises the first job's error when no job
-    succeeded, Timeout when they are still running."""
+    """The OpenAI ImagesResponse for finished jobs (valid for every openai SDK, strict or not:
+    each image has its `width`/`height`, `size` only when it is one OpenAI names); raises the
+    first job's error when no job succeeded, Timeout when they are still running."""
     done = [r for r in rows if r.status == JobStatus.SUCCEEDED.value]
     if not done:
         failed = [r for r in rows if r.status == JobStatus.FAILED.value]
@@ -63,15 +68,19 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
     first = done[0].outputs[0]
     for row in done:
         for output in row.outputs:
-            item: dict[str, Any] = {"revised_prompt": row.prompt, "seed": row.seed}
+            item: dict[str, Any] = {"revised_prompt": row.prompt, "seed": row.seed,
+                                    "width": output["width"], "height": output["height"]}
             if response_format in (None, "url"):
                 item["url"] = services.files.url(output["file_id"], output["ext"])
             if response_format in (None, "b64_json"):
                 _, blob = await services.files.read(output["file_id"])
                 item["b64_json"] = base64.b64encode(blob).decode()
             data.append(item)
-    answer = {"created": int(time.time()), "data": data, "output_format": first["ext"],
-              "size": f"{first['width']}x{first['height']}"}
+    size = f"{first['width']}x{first['height']}"
+    answer: dict[str, Any] = {"created": int(time.time()), "data": data,
+                              "output_format": first["ext"]}
+    if size in SDK_SIZES:  # Kontext's other buckets (1392x752...) would fail older SDKs
+        answer["size"] = size
     if any(from_sandbox(services, row.channel) for row in done):
         answer["sandbox"] = True  # synthetic images from the sandbox upstream, not a model
     return answer
@@ -88,7 +97,7 @@ async def create_image(request: Request, body: ImageGenerationRequest,
 
 async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Principal,
                         services: Services, desk: OrderDesk) -> JSONResponse:
-    model = resolve_model(body.model)
+    model = resolve_model(body.model, aliases=services.settings.model_aliases)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
     webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,

@@ -221,13 +221,13 @@ async def prediction(services: Services, row: JobRow, *, creating: bool = False,
     }
 
 
-def file_object(services: Services, row: FileRow, name: str | None = None,
-                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The Replicate File object; `urls.get` is the gateway's signed file URL."""
+def file_object(services: Services, row: FileRow) -> dict[str, Any]:
+    """The Replicate File object, with the name and metadata it was uploaded with; `urls.get`
+    is the gateway's signed file URL."""
     return {
-        "id": row.id, "name": name or f"{row.id}.{row.ext}", "content_type": row.content_type,
-        "size": row.size, "etag": row.sha256[:32],
-        "checksums": {"sha256": row.sha256}, "metadata": metadata or {},
+        "id": row.id, "name": row.name or f"{row.id}.{row.ext}",
+        "content_type": row.content_type, "size": row.size, "etag": row.sha256[:32],
+        "checksums": {"sha256": row.sha256}, "metadata": row.meta or {},
         "created_at": _iso(row.created_at), "expires_at": None,
         "urls": {"get": services.files.url(row.id, row.ext)},
     }
@@ -306,8 +306,9 @@ async def create_file(request: Request, principal: LimitedPrincipalDep, services
             != "multipart/form-data":
         raise InvalidRequest("Send the file as multipart/form-data with a `content` part.",
                              param="content")
+    # two file parts at most: replicate-js sends `metadata` as a JSON blob (filename "blob")
     parser = MultiPartParser(request.headers, bounded(request, limits.max_image_bytes + 65536),
-                             max_files=1, max_fields=8, max_part_size=65536)
+                             max_files=2, max_fields=8, max_part_size=65536)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -323,6 +324,14 @@ async def create_file(request: Request, principal: LimitedPrincipalDep, services
         data = await part.read()
         filename = part.filename
         raw_meta = form.get("metadata")
+        if raw_meta is not None and not isinstance(raw_meta, str):  # a file part (JS client)
+            if (raw_meta.size or 0) > 65536:
+                raise InvalidRequest("metadata is larger than 64 KiB.", param="metadata")
+            raw_meta = (await raw_meta.read()).decode("utf-8", errors="replace")
+        if [k for k, v in form.multi_items() if k not in ("content", "metadata")
+                and not isinstance(v, str)]:
+            raise InvalidRequest("Only the parts `content` and `metadata` are accepted.",
+                                 param="content")
     finally:
         await form.close()
     metadata: dict[str, Any] = {}
@@ -336,9 +345,10 @@ async def create_file(request: Request, principal: LimitedPrincipalDep, services
         metadata = parsed
     image = await desk.load_image("content", data)
     stored = await services.files.put(image.data, image.mime, kind="upload",
-                                      key_id=principal.key_id, size=(image.width, image.height))
+                                      key_id=principal.key_id, size=(image.width, image.height),
+                                      name=(filename or "")[:255] or None, meta=metadata)
     row = await services.files.row(stored.id)
-    return JSONResponse(file_object(services, row, filename, metadata), status_code=201)
+    return JSONResponse(file_object(services, row), status_code=201)
 
 
 @router.get("/v1/files/{file_id}")

@@ -88,13 +88,15 @@ class Image(BaseModel):
     b64_json: str | None = None
     revised_prompt: str | None = None
     seed: int | None = None  # extra: the seed used, so a result can be reproduced
+    width: int | None = None  # extra: the output's pixel size (`size` is only OpenAI's three)
+    height: int | None = None
 
 
 class ImagesResponse(BaseModel):
     created: int
     data: list[Image]
     output_format: str | None = None
-    size: str | None = None
+    size: Literal["1024x1024", "1024x1536", "1536x1024"] | None = None
     model_config = ConfigDict(extra="allow")
 
 

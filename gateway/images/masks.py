@@ -21,6 +21,7 @@ from PIL import Image, ImageChops
 
 from adapters.base import OutputFormat
 from gateway.errors import InvalidRequest
+from gateway.images.modes import to_8bit
 from gateway.images.validate import open_image
 
 _MASK_MAX_BYTES = 20 * 1024 * 1024
@@ -86,8 +87,8 @@ def composite(original: bytes, result: bytes, mask: Image.Image, output_format: 
         has_alpha = "A" in orig_im.getbands() or (
             orig_im.mode == "P" and "transparency" in orig_im.info)
         mode = "RGBA" if has_alpha and output_format != "jpeg" else "RGB"
-        base = orig_im.convert(mode)
-        top = res_im.convert(mode)
+        base = to_8bit(orig_im).convert(mode)
+        top = to_8bit(res_im).convert(mode)
         if top.size != base.size:
             top = top.resize(base.size, Image.Resampling.LANCZOS)
         merged = Image.composite(top, base, mask if mask.mode == "L" else mask.convert("L"))

@@ -17,6 +17,7 @@ from PIL import Image
 
 from adapters.base import OutputFormat
 from gateway.errors import InvalidRequest
+from gateway.images.modes import to_8bit
 from gateway.images.validate import open_image
 
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -99,7 +100,7 @@ def stitch(images: Sequence[bytes], *, max_pixels: int = 20_000_000,
         width = layout[-1].x + layout[-1].width
         canvas = Image.new(mode, (width, layout[0].height), (0, 0, 0, 0) if alpha else "black")
         for im, tile in zip(opened, layout, strict=True):
-            part = im.convert(mode)
+            part = to_8bit(im).convert(mode)
             if part.size != (tile.width, tile.height):
                 part = part.resize((tile.width, tile.height), Image.Resampling.LANCZOS)
             canvas.paste(part, (tile.x, 0))

@@ -24,6 +24,7 @@ from PIL import Image, ImageFile
 
 from adapters.base import InputImage
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from gateway.images.modes import to_8bit
 
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _PILLOW_GUARD_PIXELS = 40_000_000  # Pillow warns above this and raises above twice this
@@ -178,7 +179,9 @@ def validate_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
 
 
 def encode_png(im: Image.Image) -> bytes:
-    """Lossless PNG bytes of `im` (palette and odd modes normalised to RGB or RGBA)."""
+    """Lossless PNG bytes of `im` (16-bit samples scaled to 8 bits, see `modes.to_8bit`;
+    palette and odd modes normalised to RGB or RGBA)."""
+    im = to_8bit(im)
     has_alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
     if im.mode not in ("RGB", "RGBA", "L", "LA"):
         im = im.convert("RGBA" if has_alpha else "RGB")

@@ -132,9 +132,15 @@ class JobService:
         # stage changes not worth a transaction of their own: written with the job's next write
         self._deferred: dict[str, tuple[dict[str, Any], list[dict[str, str]]]] = {}
         self._closing = False
+        self._creating = 0  # jobs admitted by `create` and not yet started
         self.runner_id = leases.runner_id()  # this process, in `jobs.runner`
         self._heartbeat: asyncio.Task[None] | None = None
         self._adopter: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> int:
+        """How many jobs run in this process now."""
+        return len(self._running)
 
     # -- creation -------------------------------------------------------------------------
     def quote(self, spec: JobSpec) -> int:
@@ -147,7 +153,22 @@ class JobService:
         """Persist the jobs and reserve their price in one transaction, then start them.
 
         Raises billing.errors.InsufficientFunds (nothing is created) when the balance cannot
-        cover every job."""
+        cover every job, ServiceUnavailable (503, Retry-After) when this process already runs
+        `jobs.max_in_flight` jobs: back-pressure before anything is created or charged."""
+        busy = len(self._running) + self._creating
+        if busy + len(specs) > self.settings.max_in_flight or self._closing:
+            raise ServiceUnavailable(
+                "The gateway is at capacity right now; retry shortly.", code="overloaded",
+                retry_after=1 if not self._closing else 2)
+        self._creating += len(specs)  # counted from now on: concurrent creates see them
+        try:
+            return await asyncio.shield(self._create(specs))
+        finally:
+            self._creating -= len(specs)
+
+    async def _create(self, specs: Sequence[JobSpec]) -> list[JobRow]:
+        """`create` once admitted; shielded, so a client that disconnects meanwhile cannot
+        leave a created job unstarted."""
         now = _now()
         rows = []
         async with self.sessions.begin() as session:
@@ -456,7 +477,7 @@ class JobService:
                                status=JobStatus.RUNNING.value)
             started = time.monotonic()
             try:
-                with anyio.fail_after(self.settings.submit_timeout):
+                with anyio.fail_after(self.settings.submit_timeout):  # None: the adapter's
                     upstream = await channel.adapter.submit(req)
             except UpstreamAuthError as exc:
                 reason = f"{exc.status or ''} {exc.message}".strip()

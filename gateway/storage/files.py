@@ -7,6 +7,7 @@ import io
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 from PIL import Image
@@ -50,8 +51,10 @@ class FileStore:
         self.signer = signer
 
     async def put(self, data: bytes, content_type: str, *, kind: str, job_id: str | None = None,
-                  key_id: str | None = None, size: tuple[int, int] | None = None) -> StoredFile:
-        """Store `data` and record it; answers the file's id and facts."""
+                  key_id: str | None = None, size: tuple[int, int] | None = None,
+                  name: str | None = None, meta: dict[str, Any] | None = None) -> StoredFile:
+        """Store `data` and record it (with an upload's client-side `name` and `meta`);
+        answers the file's id and facts."""
         file_id = f"file_{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}"
         ext = EXT_BY_TYPE.get(content_type, "bin")
         if size is None:
@@ -62,7 +65,7 @@ class FileStore:
                       content_type=content_type, size=len(data),
                       width=size[0] if size else None, height=size[1] if size else None,
                       sha256=hashlib.sha256(data).hexdigest(), storage_key=storage_key,
-                      created_at=datetime.now(UTC))
+                      created_at=datetime.now(UTC), name=name, meta=meta)
         async with self.sessions.begin() as session:
             session.add(row)
         return StoredFile(file_id, ext, content_type, len(data), row.width, row.height)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.database import GatewayBase
@@ -25,3 +26,6 @@ class FileRow(GatewayBase):
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # uploads (Replicate-style `POST /v1/files`): the client's file name and metadata object
+    name: Mapped[str | None] = mapped_column(String(255), default=None)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

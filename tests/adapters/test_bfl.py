@@ -126,7 +126,7 @@ async def test_poll_resumes_from_stored_handle(client: httpx.AsyncClient,
     ("Content Moderated", UpstreamState.MODERATED, "content_moderated"),
     ("Task not found", UpstreamState.NOT_FOUND, "not_found"),
     ("Error", UpstreamState.FAILED, "upstream_error"),
-    ("Something New", UpstreamState.FAILED, "upstream_error"),
+    ("Failed", UpstreamState.FAILED, "upstream_error"),
 ])
 async def test_terminal_statuses(client: httpx.AsyncClient, mock: respx.MockRouter, status: str,
                                  state: UpstreamState, code: str) -> None:
@@ -137,6 +137,27 @@ async def test_terminal_statuses(client: httpx.AsyncClient, mock: respx.MockRout
     assert job.error_code == code
     assert job.error_message is not None and status in job.error_message
     assert job.outputs == []
+
+
+@pytest.mark.parametrize("status", ["Queued", "Reasoning", "Generating", "Uploading",
+                                    "Something New"])
+async def test_working_and_unknown_statuses_keep_polling(
+        client: httpx.AsyncClient, mock: respx.MockRouter, status: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Only known terminal words end a job: BFL's newer models report working states beyond
+    the documented enum, and failing on them would release a job BFL then bills. An unknown
+    word is logged once per job."""
+    mock.get(POLL).mock(return_value=httpx.Response(
+        200, json={"id": "task-123", "status": status, "result": None, "progress": 40}))
+    adapter = make(client)
+    job = UpstreamJob(id="task-123", poll_url=POLL)
+    with caplog.at_level("WARNING", logger="adapters.bfl"):
+        for _ in range(3):
+            job = await adapter.poll(job)
+            assert job.state is UpstreamState.PENDING
+            assert job.error_code is None
+    warned = [r for r in caplog.records if "not a documented one" in r.getMessage()]
+    assert len(warned) == (0 if status == "Queued" else 1)
 
 
 async def test_moderation_reasons_are_kept(client: httpx.AsyncClient,

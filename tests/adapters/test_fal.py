@@ -263,3 +263,21 @@ async def test_object_ttl_header(client: httpx.AsyncClient, mock: respx.MockRout
         UpstreamRequest(model="flux-kontext-pro", prompt="x"))
     assert json.loads(route.calls.last.request.headers["x-fal-object-lifecycle-preference"]) \
         == {"expiration_duration_seconds": 3600}
+
+
+async def test_an_unknown_status_without_error_keeps_polling(client: httpx.AsyncClient,
+                                                             mock: respx.MockRouter) -> None:
+    """Only COMPLETED (or an error) ends a fal job: a status word fal may add is still
+    working, so a job fal then finishes and bills is not released."""
+    mock.get(STATUS).mock(side_effect=[
+        httpx.Response(202, json={"status": "IN_PREPARATION", "response_url": RESULT}),
+        httpx.Response(200, json={"status": "COMPLETED", "response_url": RESULT}),
+    ])
+    mock.get(RESULT).mock(return_value=result())
+    adapter = make(client)
+    job = UpstreamJob(id=RID, handle={"status_url": STATUS, "response_url": RESULT,
+                                      "cancel_url": CANCEL})
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.PENDING and job.error_code is None
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.SUCCEEDED

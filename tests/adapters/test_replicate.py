@@ -267,3 +267,21 @@ async def test_expired_output_url(client: httpx.AsyncClient, mock: respx.MockRou
     with pytest.raises(UpstreamRejected) as info:
         await make(client).download(UpstreamOutput(url=OUT))
     assert info.value.code == "result_expired"
+
+
+async def test_an_unknown_status_without_error_keeps_polling(client: httpx.AsyncClient,
+                                                             mock: respx.MockRouter) -> None:
+    """Only Replicate's terminal words end a job: a status it may add (no error) is still
+    working, so a job Replicate then finishes and bills is not released."""
+    mock.post(f"{API}/models/black-forest-labs/flux-kontext-max/predictions").mock(
+        return_value=httpx.Response(201, json=prediction("starting")))
+    mock.get(f"{API}/predictions/{PRED}").mock(side_effect=[
+        httpx.Response(200, json=prediction("queued")),
+        httpx.Response(200, json=prediction("succeeded", output=[OUT])),
+    ])
+    adapter = make(client, wait=10)
+    job = await adapter.submit(UpstreamRequest(model="flux-kontext-max", prompt="a cat"))
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.PENDING and job.error_code is None
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.SUCCEEDED

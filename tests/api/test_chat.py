@@ -300,7 +300,7 @@ def test_errors_before_the_stream_are_json(gateway: Gateway, stream: bool) -> No
     text = [{"role": "user", "content": "a fox"}]
     cases: list[tuple[str, str, Any, type[openai.APIStatusError], int]] = [
         ("fk_live_wrong", MODEL, text, openai.AuthenticationError, 401),
-        (key, "dall-e-3", text, openai.NotFoundError, 404),
+        (key, "no-such-model", text, openai.NotFoundError, 404),
         (key, MODEL, [{"role": "user", "content": "https://h.example/x.png"}],
          openai.BadRequestError, 400),
         (poor, MODEL, text, openai.APIStatusError, 402),
@@ -436,10 +436,11 @@ def test_idempotency_key_replays_a_non_streamed_answer(gateway: Gateway) -> None
 # -- models and CORS -------------------------------------------------------------------------
 def test_models_lists_what_the_key_may_use(gateway: Gateway, api_key: str) -> None:
     ids = [m.id for m in client(gateway, api_key).models.list()]
-    assert ids == ["flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev"]
+    assert ids[:3] == ["flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev"]
+    assert "gpt-image-1" in ids[3:]  # the default aliases follow
     _, limited = gateway.create_key("limited", models=["flux-kontext-max"])
     models = list(client(gateway, limited).models.list())
-    assert [m.id for m in models] == ["flux-kontext-max"]
+    assert [m.id for m in models] == ["flux-kontext-max", "gpt-image-1.5"]
     assert models[0].object == "model" and isinstance(models[0].created, int)
 
 
@@ -461,6 +462,21 @@ def test_cors_preflight_for_browser_shells(gateway: Gateway) -> None:
     for header in PREFLIGHT_HEADERS.split(", "):
         assert header in allowed
     assert "POST" in resp.headers["access-control-allow-methods"]
+
+
+def test_cors_private_network_preflight_is_answered(gateway_factory: Any) -> None:
+    gw = gateway_factory(cors_origins=["https://chat.example"])
+    headers = {"origin": "https://chat.example", "access-control-request-method": "POST",
+               "access-control-request-headers": "authorization, content-type",
+               "access-control-request-private-network": "true"}
+    resp = httpx.options(f"{gw.base_url}/v1/chat/completions", headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["access-control-allow-private-network"] == "true"
+    assert resp.headers["access-control-allow-origin"] == "https://chat.example"
+    other = httpx.options(f"{gw.base_url}/v1/chat/completions",
+                          headers={**headers, "origin": "https://evil.example"})
+    assert other.status_code == 400  # an origin not allowed still is not
+    assert other.headers.get("access-control-allow-origin") != "https://evil.example"
 
 
 def test_cors_origins_are_configurable(gateway_factory: Any) -> None:

@@ -128,3 +128,35 @@ def test_several_input_urls_are_fetched_at_once_and_a_bad_one_is_named(
                                    "input_image_2": "http://127.0.0.1:9/missing.png"})
     err = assert_envelope(resp, 400)
     assert err["param"] == "input_image_2"
+
+
+MALFORMED = b'{"model": "flux-kontext-pro", "prompt": "a fox",,}'
+
+
+def raw_post(gw: Gateway, path: str, headers: dict[str, str], body: bytes) -> httpx.Response:
+    return httpx.post(f"{gw.base_url}{path}", content=body, timeout=30,
+                      headers={"content-type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer sk-not-a-real-key"}])
+def test_the_key_is_checked_before_the_body_is_parsed(gateway: Gateway,
+                                                     headers: dict[str, str]) -> None:
+    resp = raw_post(gateway, "/v1/images/generations", headers, MALFORMED)
+    assert_envelope(resp, 401)
+    invalid = raw_post(gateway, "/v1/images/generations", headers, b'{"model": 1}')
+    assert_envelope(invalid, 401)  # a body that parses but is invalid: the key first too
+    bfl = raw_post(gateway, "/v1/flux-kontext-pro", {"x-key": "nope", **headers}, MALFORMED)
+    assert bfl.status_code == 403 and "Not authenticated" in str(bfl.json()["detail"])
+    rep = raw_post(gateway, "/replicate/v1/models/black-forest-labs/flux-kontext-pro/"
+                   "predictions", headers, MALFORMED)
+    assert rep.status_code == 401 and rep.json()["title"] == "Unauthenticated"
+
+
+def test_a_json_syntax_error_names_no_param(gateway: Gateway, api_key: str) -> None:
+    resp = raw_post(gateway, "/v1/images/generations",
+                    {"authorization": f"Bearer {api_key}"}, MALFORMED)
+    err = assert_envelope(resp, 400, code="invalid_json")
+    assert err["param"] is None and "not valid JSON" in err["message"]
+    bfl = raw_post(gateway, "/v1/flux-kontext-pro", {"x-key": api_key}, MALFORMED)
+    assert bfl.status_code == 422
+    assert [e["loc"] for e in bfl.json()["detail"]] == [["body"]]

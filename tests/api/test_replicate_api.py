@@ -98,7 +98,9 @@ def test_file_input_is_uploaded_and_read_from_storage(gateway: Gateway, api_key:
         uploaded = c.files.create(handle, metadata={"a": 1})
     assert uploaded.urls["get"].startswith(f"{gateway.base_url}/files/")
     assert uploaded.content_type == "image/png" and uploaded.metadata == {"a": 1}
-    assert c.files.get(uploaded.id).id == uploaded.id
+    got = c.files.get(uploaded.id)
+    assert got.id == uploaded.id
+    assert (got.name, got.metadata) == ("in.png", {"a": 1})  # kept, not only echoed
     # another key can use neither the File object nor an unsigned copy of its URL
     _, other = gateway.create_key("other")
     with pytest.raises(ReplicateError) as info:

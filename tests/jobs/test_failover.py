@@ -240,7 +240,7 @@ def test_partial_outage_keeps_success_and_amplification_low(gateway_factory: Any
         rows = await jobs.create(specs)
         return await jobs.wait([r.id for r in rows], within=240)
 
-    rows = gw.call(run())
+    rows = gw.call(run(), timeout=300)  # a busy 2-core machine: the wait's own bound holds
     status = Counter(r.status for r in rows)
     assert status["succeeded"] >= 995, status
     submits = a.submits + b.submits

@@ -1,7 +1,7 @@
 """webhook delivery endpoints (per-endpoint concurrency)
 
-Revision ID: 0006_webhook_endpoints
-Revises: 0005_job_leases
+Revision ID: 0007_webhook_endpoints
+Revises: 0006_file_names
 Create Date: 2026-12-02 10:00:00.000000
 
 """
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0006_webhook_endpoints'
-down_revision: Union[str, Sequence[str], None] = '0005_job_leases'
+revision: str = '0007_webhook_endpoints'
+down_revision: Union[str, Sequence[str], None] = '0006_file_names'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
