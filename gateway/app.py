@@ -172,7 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
         purge = (asyncio.create_task(housekeeping.run(services.sessions, interval),
                                      name="idempotency-purge") if interval else None)
         # orphan sweep (issue 17 item 6; gateway/storage/sweep.py)
-        sweeper = storage_sweep.start(services.files.storage, services.sessions, settings.storage)
+        sweeper = storage_sweep.start(services.files.storage, services.sessions, settings)
         try:
             yield
         finally:

@@ -105,7 +105,8 @@ class StorageSettings(BaseModel):
     signing_secret: str | None = None  # default: generated once into $data_dir/secret.key
     # seconds between orphan sweeps (gateway/storage/sweep.py); 0 = off
     sweep_interval: float = Field(default=3600.0, ge=0)
-    # an object or file row is an orphan only once it is this old (seconds)
+    # an object or file row is an orphan only once it is this old (seconds); the sweep never
+    # uses less than jobs.deadline + jobs.download_timeout (gateway/storage/sweep.py)
     sweep_grace: float = Field(default=3600.0, ge=60)
 
     @model_validator(mode="after")
