@@ -7,8 +7,9 @@
 * `worker` delivers them (see `delivery.py`).
 
 Secrets: a request's own `webhook_secret` (`whsec_<base64>` or the base64 alone, read as the
-`standardwebhooks` verifiers read it; anything else is a 400) signs that request's webhooks; it is stored only sealed (`SecretBox`), in the job's spec
-and then in the delivery row, because it must stay usable for ~3 days of retries and across
+`standardwebhooks` verifiers read it; anything else is a 400) signs that request's
+webhooks; it is stored only sealed (`SecretBox`), in the job's spec and then in the delivery
+row, because it must stay usable for ~3 days of retries and across
 restarts. Requests without one are signed with the gateway-wide `whsec_` secret
 (`webhooks.secret`, else generated once into `$data_dir/webhook.key`; shown by
 `fluxgate webhooks secret`). The sealing key is derived from that gateway secret.
