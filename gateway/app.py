@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -21,6 +21,7 @@ from gateway.api import admin, bfl, chat, edits, errors, files, health, images, 
 from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
+from gateway.api.text_guard import refuse_unstorable_text
 from gateway.database import TransactionCounter, make_engine, make_sessionmaker, upgrade
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
@@ -183,7 +184,8 @@ def create_app(settings: Settings) -> FastAPI:
             await close_services(services)
 
     app = FastAPI(title="fluxgate", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible gateway for FLUX.1 Kontext")
+                  description="OpenAI-compatible gateway for FLUX.1 Kontext",
+                  dependencies=[Depends(refuse_unstorable_text)])  # NUL & co: a 400 first
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False,

@@ -50,6 +50,7 @@ from gateway.jobs.model import JobSpec, JobStatus, OutputFormat
 from gateway.jobs.orders import Order, OrderDesk
 from gateway.jobs.tables import JobRow
 from gateway.models import MODELS, resolve_model
+from gateway.storable import refuse_unstorable
 from gateway.storage.tables import FileRow
 
 router = APIRouter(prefix="/replicate", responses=REPLICATE_ERRORS)
@@ -343,6 +344,7 @@ async def create_file(request: Request, principal: LimitedPrincipalDep, services
         if not isinstance(parsed, dict):
             raise InvalidRequest("metadata must be a JSON object.", param="metadata")
         metadata = parsed
+    refuse_unstorable({"content": filename or "", "metadata": metadata})
     image = await desk.load_image("content", data)
     stored = await services.files.put(image.data, image.mime, kind="upload",
                                       key_id=principal.key_id, size=(image.width, image.height),

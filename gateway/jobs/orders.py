@@ -25,6 +25,7 @@ from gateway.jobs.model import JobSpec, OutputFormat
 from gateway.jobs.service import JobService
 from gateway.jobs.tables import JobRow
 from gateway.settings import LimitSettings
+from gateway.storable import refuse_unstorable
 from gateway.storage.files import FileStore
 
 
@@ -129,6 +130,8 @@ class OrderDesk:
 
         A mask is validated against the first input image and stored (`kind="mask"`); the
         job service composites each result with that input (see `JobService._store`)."""
+        refuse_unstorable(order.prompt, "prompt")  # NUL & co (both databases alike)
+        refuse_unstorable(order.extra)
         if not order.prompt.strip():
             raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
                                  param="prompt", code="invalid_prompt")
