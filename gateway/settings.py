@@ -158,11 +158,27 @@ class DatabaseSettings(BaseModel):
     pool_timeout: float = Field(default=30.0, gt=0)
 
 
+class PromptLimits(BaseModel):
+    """The longest prompt, in characters (Unicode code points), per API family."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    openai: int = Field(default=32_000, ge=1)  # images + chat: OpenAI's gpt-image-1 limit
+    bfl: int = Field(default=10_000, ge=1)  # BFL documents none; Kontext reads ~512 tokens
+    replicate: int = Field(default=10_000, ge=1)  # Replicate documents none either
+
+    def for_surface(self, surface: str) -> int:
+        """The limit of a job surface (`openai.images`, `openai.chat`, `bfl`, `replicate`)."""
+        family = surface.partition(".")[0]
+        return int(getattr(self, family, self.openai))
+
+
 class LimitSettings(BaseModel):
     """Input limits."""
 
     model_config = ConfigDict(extra="forbid")
 
+    max_prompt_chars: PromptLimits = Field(default_factory=PromptLimits)
     max_input_images: int = Field(default=4, ge=1, le=8)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=20_000_000, ge=1024)

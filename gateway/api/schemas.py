@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictBool,
     WithJsonSchema,
     model_serializer,
 )
@@ -128,7 +129,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None  # booleans are JSON booleans (not "yes")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -139,7 +140,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool | None = False
+    stream: StrictBool | None = False  # true or false only: "yes" or 1 is a 400
     stream_options: StreamOptions | None = None
     n: Loose = None
     user: str | None = None

@@ -178,6 +178,16 @@ def validate_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
         return InputImage(data=data, mime=_MIME[fmt], width=im.width, height=im.height)
 
 
+def animation(data: bytes) -> str | None:
+    """The format of an animated image (`GIF`, `WEBP`, `PNG` for APNG) with more than one
+    frame, or None for a still or unreadable one. Reads the header and seeks one frame."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return str(im.format) if getattr(im, "is_animated", False) else None
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError):
+        return None
+
+
 def encode_png(im: Image.Image) -> bytes:
     """Lossless PNG bytes of `im` (16-bit samples scaled to 8 bits, see `modes.to_8bit`;
     palette and odd modes normalised to RGB or RGBA)."""

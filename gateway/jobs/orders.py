@@ -19,7 +19,7 @@ from adapters.base import InputImage
 from gateway.errors import InvalidRequest
 from gateway.images.fetch import ImageFetcher
 from gateway.images.masks import load_mask
-from gateway.images.validate import sniff, validate_image
+from gateway.images.validate import animation, sniff, validate_image
 from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobSpec, OutputFormat
 from gateway.jobs.service import JobService
@@ -89,7 +89,8 @@ class OrderDesk:
                                  param=param, code="too_many_images")
 
     async def inputs(self, order: Order) -> list[InputImage]:
-        """Every input image of the order, fetched and validated, in order."""
+        """Every input image of the order, fetched and validated, in order. An animated one
+        is used as its first frame, and the order's `notes` say so."""
         self.check_image_count(len(order.image_refs) + len(order.image_blobs))
         blobs = list(order.image_blobs)
         if order.image_refs:  # fetched at once, not one after another (chat headers wait)
@@ -101,7 +102,24 @@ class OrderDesk:
                 raise group_error.exceptions[0] from None
             blobs += [(param, task.result())
                       for (param, _), task in zip(order.image_refs, fetches, strict=True)]
-        return [await self.load_image(param, data, order.input_ratio) for param, data in blobs]
+        images = []
+        for param, data in blobs:
+            images.append(await self.load_image(param, data, order.input_ratio))
+            fmt = await anyio.to_thread.run_sync(animation, data)
+            if fmt is not None:  # kept, as the upstreams would take it, but said
+                order.notes.append(f"{param}: an animated {'APNG' if fmt == 'PNG' else fmt} "
+                                   "image; only its first frame was used")
+        return images
+
+    def check_prompt_length(self, order: Order) -> None:
+        """Raise InvalidRequest (`string_above_max_length`, naming `prompt`) when the prompt
+        is longer than `limits.max_prompt_chars` allows for the order's API family."""
+        limit = self.limits.max_prompt_chars.for_surface(order.surface)
+        if len(order.prompt) > limit:
+            raise InvalidRequest(
+                f"Invalid 'prompt': string too long. Expected a string with maximum length "
+                f"{limit}, but got a string with length {len(order.prompt)} instead.",
+                param="prompt", code="string_above_max_length")
 
     async def store_mask(self, customer: Customer, mask: bytes,
                          images: list[InputImage]) -> str:
@@ -132,6 +150,7 @@ class OrderDesk:
         job service composites each result with that input (see `JobService._store`)."""
         refuse_unstorable(order.prompt, "prompt")  # NUL & co (both databases alike)
         refuse_unstorable(order.extra)
+        self.check_prompt_length(order)
         if not order.prompt.strip():
             raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
                                  param="prompt", code="invalid_prompt")
