@@ -17,7 +17,19 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
 from gateway import __version__, housekeeping
-from gateway.api import admin, bfl, chat, edits, errors, files, health, images, replicate, usage
+from gateway.api import (
+    admin,
+    bfl,
+    chat,
+    edits,
+    errors,
+    files,
+    health,
+    images,
+    replicate,
+    text_guard,
+    usage,
+)
 from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
@@ -196,6 +208,7 @@ def create_app(settings: Settings) -> FastAPI:
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
+    text_guard.install(app)  # the OpenAPI document says free text holds no NUL
     for module in (health, images, edits, chat, bfl, replicate, files, usage, admin):
         app.include_router(module.router)
     return app

@@ -50,8 +50,9 @@ OutputFormatField = Annotated[str | None, _documented(
     {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]}, "png, jpeg or webp.")]
 ResponseFormat = Annotated[str | None, _documented(
     {"type": "string", "enum": ["url", "b64_json"]}, "url or b64_json; absent: both.")]
-#: a prompt with some text (an empty or blank prompt is refused)
-PROMPT_SCHEMA: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
+#: a prompt with some text (an empty or blank prompt is refused) and no NUL character
+PROMPT_SCHEMA: dict[str, Any] = {"minLength": 1,
+                                 "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"}
 
 
 class KontextImageFields(BaseModel):

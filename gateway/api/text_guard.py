@@ -6,11 +6,16 @@ It reads the path parameters, the query string, and the body FastAPI has already
 the route (JSON or a form; cached on the request, so nothing is read twice). Routes that read
 their own bodies (chat, edits, file uploads) are covered where their text is used: every
 order's prompt is checked by `OrderDesk.prepare`, uploads' names and metadata by their route.
-A caller whose key is refused hears that first, as for any other invalid input."""
+A caller whose key is refused hears that first, as for any other invalid input.
+
+`install` writes the rule into the OpenAPI document (a NUL-free `pattern` on free text), so
+that what the API refuses is what its schema says is invalid."""
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Any
+
+from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData, UploadFile
 
@@ -48,3 +53,45 @@ async def refuse_unstorable_text(request: Request) -> None:
         if refused is not None:
             raise refused from None
         raise
+
+
+#: a JSON Schema pattern (ECMA 262 and Python `re` alike) for text without a NUL character
+NUL_FREE = "^[^\\u0000]*$"
+
+
+def _document(node: object) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _document(item)
+        return
+    if not isinstance(node, dict):
+        return
+    types = node.get("type")
+    is_string = types == "string" or (isinstance(types, list) and "string" in types)
+    if is_string and "pattern" not in node and "enum" not in node and "const" not in node \
+            and node.get("format") not in ("binary", "byte"):
+        node["pattern"] = NUL_FREE
+    if types == "object" and node.get("additionalProperties") not in (None, False) \
+            and "propertyNames" not in node:
+        node["propertyNames"] = {"pattern": NUL_FREE}
+    for value in node.values():
+        _document(value)
+
+
+def documented(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` (an OpenAPI document) with the rule above written into it: every free-text
+    string (no pattern, enum or binary format of its own) gets the `NUL_FREE` pattern, and
+    every open object the same for its property names. Changes and answers `schema`."""
+    _document(schema)
+    return schema
+
+
+def install(app: FastAPI) -> None:
+    """Serve `app`'s OpenAPI document `documented` (built once, as FastAPI does)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = documented(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

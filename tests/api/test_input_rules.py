@@ -177,3 +177,17 @@ def test_key_revoked_mid_job_is_charged_and_its_result_stays_readable_by_url(
                     "the revoked key is refused", timeout=15)
     assert refused.json()["error"]["code"] in ("invalid_api_key", "key_revoked",
                                                "permission_denied")
+
+
+# methods -------------------------------------------------------------------------------------
+
+def test_an_undeclared_method_is_a_405_naming_the_allowed_ones(gateway: Gateway) -> None:
+    """RFC 9110: a 405 lists the methods the resource takes (schemathesis' TRACE probe)."""
+    for path, family_key in (("/v1/images/generations", "error"), ("/v1/models", "error"),
+                             (REPLICATE, "title")):
+        resp = httpx.request("TRACE", f"{gateway.base_url}{path}", timeout=30)
+        assert resp.status_code == 405, (path, resp.text)
+        assert resp.headers["allow"], path
+        assert family_key in resp.json()
+    assert "POST" in httpx.request("TRACE", f"{gateway.base_url}/v1/images/generations",
+                                   timeout=30).headers["allow"]

@@ -129,3 +129,22 @@ def test_replicate_upload_names_and_metadata(gw: Gateway) -> None:
     assert meta.status_code == 422, meta.text
     assert "metadata.note" in meta.json()["detail"]
     assert file_count(gw) == 0
+
+
+def test_the_openapi_document_says_free_text_holds_no_nul(gw: Gateway) -> None:
+    """What the guard refuses, the schema marks invalid: free-text strings carry a NUL-free
+    pattern (so contract tests do not take a refusal for a valid request refused)."""
+    import re
+
+    doc = httpx.get(f"{gw.base_url}/openapi.json", timeout=30).json()
+    [poll_id] = [p for p in doc["paths"]["/v1/get_result"]["get"]["parameters"]
+                 if p["name"] == "id"]
+    assert re.fullmatch(poll_id["schema"]["pattern"], "abc")
+    assert not re.fullmatch(poll_id["schema"]["pattern"], "a\x00c")
+    text = json.dumps(doc)
+    assert "^[^\\\\u0000]*$" in text  # as JSON writes the pattern
+    generations = doc["paths"]["/v1/images/generations"]["post"]["requestBody"]["content"]
+    ref = generations["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    prompt = doc["components"]["schemas"][ref]["properties"]["prompt"]["pattern"]
+    assert re.fullmatch(prompt, "a fox") and not re.fullmatch(prompt, "  ")
+    assert not re.fullmatch(prompt, "a\x00fox")
