@@ -94,6 +94,19 @@ class Signer:
         """A signer for `secret` (see `parse_secret`); raises SecretError."""
         return cls(parse_secret(secret))
 
+    @classmethod
+    def from_stored_secret(cls, secret: str) -> Signer:
+        """A signer for a per-request secret kept on a delivery row: as `from_secret`, except
+        that a secret accepted before secrets had to be base64 (then any string, its UTF-8
+        bytes being the key) keeps signing as it was promised. Raises SecretError."""
+        try:
+            return cls.from_secret(secret)
+        except SecretError:
+            legacy = secret.encode()
+            if len(legacy) < MIN_SECRET_BYTES or len(secret) > MAX_SECRET_CHARS:
+                raise
+            return cls(legacy)
+
     def signature(self, msg_id: str, timestamp: int, body: bytes) -> str:
         """The `webhook-signature` value for `body` sent as `msg_id` at `timestamp`."""
         when = datetime.fromtimestamp(timestamp, tz=UTC)
