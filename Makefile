@@ -1,30 +1,41 @@
 # Two commands for a fresh machine with Python 3.11: `make run` and `make test`.
+# `make run` installs the runtime only; `make test` and `make lint` add the dev tools.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install lint clean
+.PHONY: run test install install-dev lint clean
 
-$(BIN)/fluxgate: pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
 		{ echo "fluxgate needs Python >= 3.11 (set PYTHON=/path/to/python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+# runtime only (what `fluxgate serve` needs)
+$(BIN)/fluxgate: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	@touch $@
 
+# runtime + test and lint tools
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(BIN)/fluxgate $@
+
 install: $(BIN)/fluxgate
+
+install-dev: $(VENV)/.dev-installed
 
 run: install
 	$(BIN)/fluxgate serve $(ARGS)
 
-test: install
+test: install-dev
 	$(BIN)/python -m pytest -q $(ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check gateway adapters billing tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy gateway adapters billing
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV)

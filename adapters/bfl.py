@@ -15,8 +15,10 @@ Wire contract used here:
   `output_format` (png|jpeg), `safety_tolerance` (0..6), `prompt_upsampling`; answers
   `{id, polling_url, cost?, input_mp?, output_mp?}`.
 - `GET {polling_url}` EXACTLY as returned (it names the region that took the job; another host
-  answers "Task not found"); `{id, status, result, progress}`; when Ready `result.sample` is a
-  signed URL on a `delivery-*.bfl.ai` host that expires after 10 minutes.
+  answers "Task not found"), but only on the channel's own origin or https `*.bfl.ai` (it gets
+  the key; any other host fails the job with `polling_url_not_allowed`, uncontacted);
+  `{id, status, result, progress}`; when Ready `result.sample` is a signed URL on a
+  `delivery-*.bfl.ai` host that expires after 10 minutes.
 
 Quirks and what is not confirmed:
 - `cost` is "price in cents" per ComfyUI's BFL model (comfy_api_nodes/apis/bfl.py), not BFL's
@@ -53,6 +55,10 @@ from adapters.base import (
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.bfl.ai"
+#: `polling_url` may name another region's host (api.eu2.bfl.ai, gateway.bfl.ai): it is polled
+#: with the key only on the channel's own origin or on https `*.bfl.ai`
+#: (docs.bfl.ai/integration_guidelines; shared/reference/upstreams-2026-12.md)
+POLLING_SUFFIXES = (".bfl.ai",)
 BFL_MODELS = ("flux-kontext-pro", "flux-kontext-max")
 _EXTRA_IMAGE_FIELDS = ("input_image_2", "input_image_3", "input_image_4")
 _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
@@ -169,11 +175,12 @@ class BflAdapter:
     """BFL API adapter (see the module docstring)."""
 
     def __init__(self, options: BflOptions, secret: str | None, base_url: str | None,
-                 client: httpx.AsyncClient) -> None:
+                 client: httpx.AsyncClient, results: httpx.AsyncClient | None = None) -> None:
         self.options = options
         self._key = secret or ""
         self._base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._client = client
+        self._results = results or client  # result URLs: the gateway's guarded client
         self.capabilities = Capabilities(
             models=options.models, max_input_images=4, min_ratio=3 / 7, max_ratio=7 / 3,
             output_formats=("png", "jpeg"), safety_range=(0, 6), supports_cancel=False,
@@ -201,6 +208,8 @@ class BflAdapter:
         url = job.poll_url or str(job.handle.get("polling_url") or "")
         if not url:  # a job from before polling_url existed: BFL's documented fallback
             url = f"{self._base}/v1/get_result?id={job.id}"
+        if not transport.origin_allowed(url, self._base, POLLING_SUFFIXES):
+            return transport.refuse_url(job, url)
         opts = self.options
         resp = await transport.poll_call(
             self._client, "GET", url, headers={"x-key": self._key, "accept": "application/json"},
@@ -220,7 +229,7 @@ class BflAdapter:
         """BFL documents no cancel endpoint; nothing to do."""
 
     async def download(self, output: UpstreamOutput) -> bytes:
-        return await transport.download_output(self._client, output,
+        return await transport.download_output(self._results, output,
                                                deadline=self.options.download_timeout,
                                                connect=self.options.connect_timeout)
 

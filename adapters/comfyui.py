@@ -306,11 +306,12 @@ class ComfyUIAdapter:
     """ComfyUI server adapter (see the module docstring)."""
 
     def __init__(self, options: ComfyUIOptions, secret: str | None, base_url: str | None,
-                 client: httpx.AsyncClient) -> None:
+                 client: httpx.AsyncClient, results: httpx.AsyncClient | None = None) -> None:
         self.options = options
         self._key = secret
         self._base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._client = client
+        self._results = results or client  # result URLs: the gateway's guarded client
         self._workflow = load_workflow(options.workflow_file) if options.workflow_file else None
         slots = image_slots(self._workflow) if self._workflow is not None else MAX_REFERENCES
         self.capabilities = Capabilities(
@@ -424,7 +425,7 @@ class ComfyUIAdapter:
     async def download(self, output: UpstreamOutput) -> bytes:
         own = bool(output.url and output.url.startswith(self._base + "/"))
         headers = self._headers() if own and self._key else None
-        return await transport.download_output(self._client, output,
+        return await transport.download_output(self._results, output,
                                                deadline=self.options.download_timeout,
                                                connect=self.options.connect_timeout,
                                                headers=headers)

@@ -15,7 +15,9 @@ Wire contract used here:
   rebuilt. `{status: IN_QUEUE|IN_PROGRESS|COMPLETED, queue_position?, error?, error_type?}`;
   COMPLETED with `error` is a failure. Then `GET response_url` answers
   `{images: [{url, ...}], seed, has_nsfw_concepts: [bool], prompt}`.
-- The three URLs are stored in `UpstreamJob.handle`, so polling resumes after a restart.
+- The three URLs are stored in `UpstreamJob.handle`, so polling resumes after a restart. They
+  get the key, so they are used only on the channel's own origin: a job naming another host
+  fails with `polling_url_not_allowed`, uncontacted.
 - Cancel: `PUT cancel_url` (works only while queued; later answers are ignored).
 - Endpoints by input count: none → `{endpoint}/text-to-image`; one → `{endpoint}` with
   `image_url` (a data URI); two or more → `{endpoint}/multi` with `image_urls`.
@@ -172,11 +174,12 @@ class FalAdapter:
     """fal queue adapter (see the module docstring)."""
 
     def __init__(self, options: FalOptions, secret: str | None, base_url: str | None,
-                 client: httpx.AsyncClient) -> None:
+                 client: httpx.AsyncClient, results: httpx.AsyncClient | None = None) -> None:
         self.options = options
         self._key = secret or ""
         self._base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._client = client
+        self._results = results or client  # result URLs: the gateway's guarded client
         self.capabilities = Capabilities(
             models=options.models, max_input_images=_MAX_IMAGES, min_ratio=3 / 7,
             max_ratio=7 / 3, aspect_ratios=ASPECT_RATIOS, output_formats=("png", "jpeg"),
@@ -217,6 +220,9 @@ class FalAdapter:
         if not status_url or not response_url:
             raise UpstreamUnavailable("fal job without stored status/response URLs",
                                       code="bad_handle")
+        for url in (status_url, response_url):
+            if not transport.origin_allowed(url, self._base):
+                return transport.refuse_url(job, url)
         resp = await self._get(status_url)
         if resp.status_code == 404:
             return _not_found(job, resp)
@@ -240,6 +246,10 @@ class FalAdapter:
         url = str(job.handle.get("cancel_url") or "")
         if not url:
             return
+        if not transport.origin_allowed(url, self._base):
+            log.warning("fal cancel of %s skipped: cancel_url is not on the channel's host",
+                        job.id)
+            return
         resp = await transport.poll_call(
             self._client, "PUT", url, headers=self._headers(),
             deadline=self.options.poll_timeout, phases=self._phases(self.options.poll_timeout))
@@ -247,7 +257,7 @@ class FalAdapter:
             log.info("fal cancel of %s answered %s", job.id, resp.status_code)
 
     async def download(self, output: UpstreamOutput) -> bytes:
-        return await transport.download_output(self._client, output,
+        return await transport.download_output(self._results, output,
                                                deadline=self.options.download_timeout,
                                                connect=self.options.connect_timeout)
 

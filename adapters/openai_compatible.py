@@ -146,13 +146,14 @@ class OpenAICompatibleAdapter:
     """OpenAI-compatible images adapter (see the module docstring)."""
 
     def __init__(self, options: OpenAICompatibleOptions, secret: str | None, base_url: str | None,
-                 client: httpx.AsyncClient) -> None:
+                 client: httpx.AsyncClient, results: httpx.AsyncClient | None = None) -> None:
         if not base_url:
             raise ValueError("an openai channel needs a base_url")
         self.options = options
         self._key = secret
         self._root = api_root(base_url)
         self._client = client
+        self._results = results or client  # result URLs: the gateway's guarded client
         self.capabilities = Capabilities(
             models=options.models, max_input_images=options.max_input_images,
             output_formats=("png", "jpeg"), safety_range=(0, 6), supports_cancel=False,
@@ -185,6 +186,6 @@ class OpenAICompatibleAdapter:
         """Synchronous upstream: nothing to cancel."""
 
     async def download(self, output: UpstreamOutput) -> bytes:
-        return await transport.download_output(self._client, output,
+        return await transport.download_output(self._results, output,
                                                deadline=self.options.download_timeout,
                                                connect=self.options.connect_timeout)

@@ -19,6 +19,8 @@ Wire contract used here:
   failed → failed, or moderated when `error` reads like a safety refusal ("NSFW", "flagged",
   "sensitive", Replicate's `E005`); canceled/aborted → canceled.
 - cancel: `POST urls.cancel` (else `/v1/predictions/{id}/cancel`).
+- `urls.get`/`urls.cancel` get the token, so they are used only on the channel's own origin: a
+  job whose `urls.get` names another host fails with `polling_url_not_allowed`, uncontacted.
 - errors are RFC 7807 (`detail`); 429 `{"detail": "Request was throttled. Your rate limit
   resets in ~30s."}` → retry_after from `Retry-After`, else from that sentence.
 
@@ -187,11 +189,12 @@ class ReplicateAdapter:
     """Replicate adapter (see the module docstring)."""
 
     def __init__(self, options: ReplicateOptions, secret: str | None, base_url: str | None,
-                 client: httpx.AsyncClient) -> None:
+                 client: httpx.AsyncClient, results: httpx.AsyncClient | None = None) -> None:
         self.options = options
         self._token = secret or ""
         self._base = (base_url or DEFAULT_BASE_URL).rstrip("/").removesuffix("/v1")
         self._client = client
+        self._results = results or client  # result URLs: the gateway's guarded client
         self.capabilities = Capabilities(
             models=options.models, max_input_images=2, min_ratio=3 / 7, max_ratio=7 / 3,
             aspect_ratios=ASPECT_RATIOS, output_formats=("png", "jpeg", "webp"),
@@ -229,8 +232,11 @@ class ReplicateAdapter:
 
     async def poll(self, job: UpstreamJob) -> UpstreamJob:
         opts = self.options
+        url = self._poll_url(job)
+        if not transport.origin_allowed(url, self._base):
+            return transport.refuse_url(job, url)
         resp = await transport.poll_call(
-            self._client, "GET", self._poll_url(job), headers=self._headers(),
+            self._client, "GET", url, headers=self._headers(),
             deadline=opts.poll_timeout,
             phases=httpx.Timeout(opts.poll_timeout, connect=opts.connect_timeout))
         if resp.status_code == 404:
@@ -248,6 +254,10 @@ class ReplicateAdapter:
     async def cancel(self, job: UpstreamJob) -> None:
         opts = self.options
         url = str(job.handle.get("cancel_url") or f"{self._base}/v1/predictions/{job.id}/cancel")
+        if not transport.origin_allowed(url, self._base):
+            log.warning("replicate cancel of %s skipped: urls.cancel is not on the channel's "
+                        "host", job.id)
+            return
         resp = await transport.poll_call(
             self._client, "POST", url, headers=self._headers(), deadline=opts.poll_timeout,
             phases=httpx.Timeout(opts.poll_timeout, connect=opts.connect_timeout))
@@ -255,6 +265,6 @@ class ReplicateAdapter:
             log.info("replicate cancel of %s answered %s", job.id, resp.status_code)
 
     async def download(self, output: UpstreamOutput) -> bytes:
-        return await transport.download_output(self._client, output,
+        return await transport.download_output(self._results, output,
                                                deadline=self.options.download_timeout,
                                                connect=self.options.connect_timeout)

@@ -18,9 +18,18 @@ cancels through `poll_call`, and fetches results with `download`. The mapping on
     download      transport failure or the deadline                       -> UpstreamUnavailable
                   403/404/410 (the result URL has expired)                -> UpstreamRejected
                                                                               code result_expired
+                  DestinationRefused (the client's policy refused a hop)  -> UpstreamRejected
+                                                                      code result_url_not_allowed
+                  more than 3 redirects                                   -> UpstreamRejected
+                                                                      code too_many_redirects
 
 Downloads never carry the channel's credentials: result hosts (BFL delivery, replicate.delivery,
 the fal CDN) are public signed URLs, and a key must not leak to a host the upstream names.
+A result URL is a third party's word: the gateway gives each adapter a result client whose
+transport refuses destinations its address policy does not allow (raising
+`DestinationRefused`), and `download` follows redirects itself so that every hop goes through
+that transport again. Polling and cancel URLs carry the key, so adapters use one only when
+`origin_allowed` says it is on the channel's own origin (or a documented host of that upstream).
 """
 
 from __future__ import annotations
@@ -39,10 +48,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.base import (
     UpstreamAmbiguous,
     UpstreamAuthError,
+    UpstreamJob,
     UpstreamOutput,
     UpstreamRejected,
+    UpstreamState,
     UpstreamUnavailable,
 )
+
+
+class DestinationRefused(httpx.TransportError):
+    """A transport refused to connect to a destination its policy does not allow (raised by
+    the gateway's guarded transports; nothing was sent)."""
 
 
 class QueueTimeouts(BaseModel):
@@ -65,6 +81,9 @@ _NOT_SENT: tuple[type[Exception], ...] = (
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 _AUTH_STATUS = frozenset({401, 402, 403})
 _EXPIRED_STATUS = frozenset({403, 404, 410})
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization", "x-key")
+MAX_REDIRECTS = 3
 _RESETS_IN = re.compile(r"(?:resets|retry|try again) in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 _MAX_MESSAGE = 500
 DEFAULT_MAX_DOWNLOAD = 64 * 1024 * 1024
@@ -182,37 +201,104 @@ async def download_output(client: httpx.AsyncClient, output: UpstreamOutput, *,
 async def download(client: httpx.AsyncClient, url: str, *, deadline: float,
                    connect: float = 5.0, max_bytes: int = DEFAULT_MAX_DOWNLOAD,
                    headers: Mapping[str, str] | None = None) -> bytes:
-    """The bytes at a result URL within a total `deadline` (seconds), following redirects.
+    """The bytes at a result URL within a total `deadline` (seconds), following at most
+    `MAX_REDIRECTS` redirects, each one a new request through `client` (so its transport
+    judges every hop).
 
     `headers` is for a result on the channel's own host only (a self-hosted server behind an
-    authenticating proxy); never pass credentials for a host the upstream names.
+    authenticating proxy); they are dropped as soon as a redirect leaves that origin. Never
+    pass credentials for a host the upstream names.
 
-    Raises UpstreamRejected (code `result_expired`) on 403/404/410, UpstreamRejected (code
-    `result_too_large`) over `max_bytes`, and UpstreamUnavailable for anything else.
+    Raises UpstreamRejected (code `result_expired`) on 403/404/410, (`result_too_large`) over
+    `max_bytes`, (`result_url_not_allowed`) when the client refuses a destination,
+    (`too_many_redirects`), and UpstreamUnavailable for anything else.
     """
     try:
         with anyio.fail_after(deadline):
-            async with client.stream("GET", url, follow_redirects=True, headers=headers,
-                                     timeout=httpx.Timeout(deadline, connect=connect)) as resp:
-                if resp.status_code in _EXPIRED_STATUS:
-                    raise UpstreamRejected(
-                        f"the result URL is no longer available (HTTP {resp.status_code})",
-                        status=resp.status_code, code="result_expired", retryable=False)
-                if not resp.is_success:
-                    raise UpstreamUnavailable(f"result download failed (HTTP {resp.status_code})",
-                                              status=resp.status_code, code="download_failed")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise UpstreamRejected(f"the result is larger than {max_bytes} bytes",
-                                               code="result_too_large", retryable=False)
-                    chunks.append(chunk)
-                return b"".join(chunks)
-    except (httpx.TransportError, TimeoutError) as exc:
+            return await _follow(client, url, connect=connect, deadline=deadline,
+                                 max_bytes=max_bytes, headers=headers)
+    except DestinationRefused as exc:
+        raise UpstreamRejected(f"the result URL is not allowed: {exc}",
+                               code="result_url_not_allowed", retryable=False) from exc
+    except (httpx.RequestError, httpx.InvalidURL, TimeoutError) as exc:
         raise UpstreamUnavailable(f"result download failed: {type(exc).__name__}",
                                   code="download_failed") from exc
+
+
+async def _follow(client: httpx.AsyncClient, url: str, *, connect: float, deadline: float,
+                  max_bytes: int, headers: Mapping[str, str] | None) -> bytes:
+    current = httpx.URL(url)
+    hdrs = httpx.Headers(headers or {})
+    timeout = httpx.Timeout(deadline, connect=connect)
+    for _ in range(MAX_REDIRECTS + 1):
+        async with client.stream("GET", current, headers=hdrs, follow_redirects=False,
+                                 timeout=timeout) as resp:
+            if resp.status_code in _REDIRECT_STATUS and resp.headers.get("location"):
+                target = current.join(resp.headers["location"])
+                if _origin(target) != _origin(current):
+                    for name in _CREDENTIAL_HEADERS:
+                        hdrs.pop(name, None)
+                current = target
+                continue
+            if resp.status_code in _EXPIRED_STATUS:
+                raise UpstreamRejected(
+                    f"the result URL is no longer available (HTTP {resp.status_code})",
+                    status=resp.status_code, code="result_expired", retryable=False)
+            if not resp.is_success:
+                raise UpstreamUnavailable(f"result download failed (HTTP {resp.status_code})",
+                                          status=resp.status_code, code="download_failed")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UpstreamRejected(f"the result is larger than {max_bytes} bytes",
+                                           code="result_too_large", retryable=False)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    raise UpstreamRejected(f"the result URL redirected more than {MAX_REDIRECTS} times",
+                           code="too_many_redirects", retryable=False)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+    return url.scheme, url.host.lower(), port
+
+
+def origin_allowed(url: str, base: str, https_suffixes: tuple[str, ...] = ()) -> bool:
+    """Whether an upstream-named `url` (a polling or cancel URL, which gets the channel's key)
+    is on `base`'s origin (scheme, host, port), or is https on a host ending in one of
+    `https_suffixes` (such as `.bfl.ai`). A URL with a user name, or that does not parse, is
+    not."""
+    try:
+        target, own = httpx.URL(url), httpx.URL(base)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    if target.userinfo or not target.host:
+        return False
+    if _origin(target) == _origin(own):
+        return True
+    host = target.host.lower().rstrip(".")
+    return (target.scheme == "https" and bool(https_suffixes)
+            and host.endswith(https_suffixes) and target.port in (None, 443))
+
+
+def refuse_url(job: UpstreamJob, url: str, what: str = "polling URL") -> UpstreamJob:
+    """`job`, failed with code `polling_url_not_allowed` because the upstream named `url` on a
+    host the channel's key must not be sent to (nothing was sent there)."""
+    host = _host_of(url)
+    job.state = UpstreamState.FAILED
+    job.error_code = "polling_url_not_allowed"
+    job.error_message = (f"the upstream named a {what} on {host!r}, which is not this "
+                         "channel's own host; it was not contacted")
+    return job
+
+
+def _host_of(url: str) -> str:
+    try:
+        return httpx.URL(url).host[:100]
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "an unparsable URL"
 
 
 def data_url(data: bytes, mime: str) -> str:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Table, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +36,11 @@ JOB_KINDS = ("reserve", "settle", "release", "refund")
 TERMINAL_KINDS = ("settle", "release")
 
 
+#: the tables themselves: the hot statements are Core, no ORM unit of work or identity map
+_LEDGER = cast(Table, LedgerRow.__table__)
+_KEYS = cast(Table, ApiKeyRow.__table__)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -45,20 +50,19 @@ async def _claim_row(session: AsyncSession, values: dict[str, Any]) -> int | Non
     dialect = session.get_bind().dialect.name
     stmt: Any
     if dialect == "sqlite":
-        stmt = sqlite.insert(LedgerRow).values(**values).on_conflict_do_nothing()
+        stmt = sqlite.insert(_LEDGER).values(**values).on_conflict_do_nothing()
     elif dialect == "postgresql":
-        stmt = postgresql.insert(LedgerRow).values(**values).on_conflict_do_nothing()
+        stmt = postgresql.insert(_LEDGER).values(**values).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        stmt = insert(LedgerRow).values(**values)
-    result = await session.execute(stmt.returning(LedgerRow.id))
+        stmt = insert(_LEDGER).values(**values)
+    result = await session.execute(stmt.returning(_LEDGER.c.id))
     row_id = result.scalar_one_or_none()
     return int(row_id) if row_id is not None else None
 
 
 async def _apply(session: AsyncSession, key_id: str, amount: int) -> None:
     result = await session.execute(
-        update(ApiKeyRow).where(ApiKeyRow.id == key_id)
-        .values(balance=ApiKeyRow.balance + amount))
+        update(_KEYS).where(_KEYS.c.id == key_id).values(balance=_KEYS.c.balance + amount))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidKey(f"No API key with id {key_id!r}.", param="key_id")
 
@@ -68,21 +72,22 @@ async def _key_exists(session: AsyncSession, key_id: str) -> bool:
     return found.scalar_one_or_none() is not None
 
 
-async def _job_rows(session: AsyncSession, job_id: str) -> dict[str, LedgerRow]:
-    rows = (await session.execute(
-        select(LedgerRow).where(LedgerRow.job_id == job_id)
-        .execution_options(populate_existing=True))).scalars()
+async def _job_rows(session: AsyncSession, job_id: str) -> dict[str, Any]:
+    """A job's ledger rows by kind (each with `.amount` and `.model`): plain rows, no ORM."""
+    rows = await session.execute(
+        select(_LEDGER.c.kind, _LEDGER.c.amount, _LEDGER.c.model, _LEDGER.c.key_id)
+        .where(_LEDGER.c.job_id == job_id))
     return {row.kind: row for row in rows}
 
 
-def _terminal_answer(rows: dict[str, LedgerRow], job_id: str, kind: str) -> int:
+def _terminal_answer(rows: dict[str, Any], job_id: str, kind: str) -> int:
     if kind in rows:
-        return rows[kind].amount
+        return int(rows[kind].amount)
     other = "released" if kind == "settle" else "settled"
     raise LedgerConflict(f"job {job_id} was already {other}")
 
 
-def _held(rows: dict[str, LedgerRow]) -> int:
+def _held(rows: dict[str, Any]) -> int:
     return -rows["reserve"].amount if "reserve" in rows else 0
 
 
@@ -164,7 +169,7 @@ async def settle(session: AsyncSession, key_id: str, job_id: str, price: int, *,
         raise ValueError("a price must not be negative")
     rows = await _job_rows(session, job_id)
     if "settle" in rows:
-        return rows["settle"].amount
+        return int(rows["settle"].amount)
     if "release" in rows:
         raise LedgerConflict(f"job {job_id} was already released")
     held = _held(rows)
@@ -186,7 +191,7 @@ async def release(session: AsyncSession, key_id: str, job_id: str, *, fee: int =
     returns what came back. Idempotent; raises LedgerConflict when the job was settled."""
     rows = await _job_rows(session, job_id)
     if "release" in rows:
-        return rows["release"].amount
+        return int(rows["release"].amount)
     if "settle" in rows:
         raise LedgerConflict(f"job {job_id} was already settled")
     held = _held(rows)
@@ -208,7 +213,7 @@ async def refund(session: AsyncSession, key_id: str, job_id: str, amount: int | 
     amount. Raises LedgerConflict when the job was not settled or `amount` exceeds the charge."""
     rows = await _job_rows(session, job_id)
     if "refund" in rows:
-        return rows["refund"].amount
+        return int(rows["refund"].amount)
     if "settle" not in rows:
         raise LedgerConflict(f"job {job_id} was not settled; nothing to refund")
     charged = _held(rows) - rows["settle"].amount
@@ -219,7 +224,7 @@ async def refund(session: AsyncSession, key_id: str, job_id: str, amount: int | 
         "key_id": key_id, "job_id": job_id, "kind": "refund", "amount": amount, "note": note,
         "model": rows["settle"].model, "created_at": _now()})
     if row_id is None:
-        return (await _job_rows(session, job_id))["refund"].amount
+        return int((await _job_rows(session, job_id))["refund"].amount)
     await _apply(session, key_id, amount)
     return amount
 

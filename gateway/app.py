@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from billing.limits import RateLimiter
@@ -25,8 +26,10 @@ from gateway.api import (
     errors,
     files,
     health,
+    home,
     images,
     replicate,
+    tasks,
     text_guard,
     usage,
 )
@@ -34,12 +37,21 @@ from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
 from gateway.api.text_guard import refuse_unstorable_text
-from gateway.database import TransactionCounter, make_engine, make_sessionmaker, upgrade
+from gateway.database import (
+    TransactionCounter,
+    Writer,
+    make_engine,
+    make_sessionmaker,
+    upgrade,
+)
+from gateway.datadir import database_line
+from gateway.images.budget import PixelBudget
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
+from gateway.serving import DrainMiddleware
 from gateway.settings import ConfigError, Settings
 from gateway.storage import sweep as storage_sweep
 from gateway.storage.base import Storage, StorageError
@@ -119,7 +131,7 @@ async def build_services(settings: Settings) -> Services:
               else load_or_create_secret(settings.data_dir / "secret.key"))
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
     file_store = FileStore(storage, sessions, signer)
-    router = build_router(settings, http)
+    router = build_router(settings)  # each channel owns its pools (jobs/connections.py)
     fetcher = ImageFetcher(max_bytes=settings.limits.max_image_bytes,
                            timeout=settings.limits.fetch_timeout,
                            allow=settings.limits.fetch_allow)
@@ -127,13 +139,18 @@ async def build_services(settings: Settings) -> Services:
     webhooks = WebhookService(sessions=sessions, files=file_store, settings=settings.webhooks,
                               secret=gateway_secret(settings),
                               allow=settings.limits.fetch_allow)
+    # SQLite has one writer at a time: the job pipeline's writes are grouped into shared
+    # transactions instead of queueing for the lock; PostgreSQL runs them side by side
+    writer = Writer(sessions, group_commit=engine.dialect.name == "sqlite")
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
-                      settings=settings.jobs,
+                      settings=settings.jobs, writer=writer,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
                       outbox=webhooks.outbox)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
     return Services(settings=settings, engine=engine, transactions=transactions,
+                    pixel_budget=PixelBudget(settings.limits.decode_pixel_budget,
+                                             settings.limits.decode_wait),
                     sessions=sessions, http=http,
                     router=router, channel_sync=channel_sync, files=file_store,
                     fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
@@ -146,11 +163,13 @@ async def build_services(settings: Settings) -> Services:
 async def close_services(services: Services) -> None:
     await services.channel_sync.close()
     await services.jobs.close()
+    await services.jobs.writer.close()
     if services.pending_writes:  # e.g. the stored answer of a request cut off by shutdown
         await asyncio.gather(*services.pending_writes, return_exceptions=True)
     await services.webhooks.close()
     await services.fetcher.aclose()
     await services.http.aclose()
+    await services.router.aclose()
     await close_storage(services.files.storage)
     await services.engine.dispose()
 
@@ -160,12 +179,18 @@ def startup_report(services: Services) -> list[str]:
     s = services.settings
     lines = [f"fluxgate {__version__} listening on http://{s.host}:{s.port} "
              f"(public URL {s.resolved_public_base_url})",
-             f"database: {redact_url(s.resolved_database_url)}",
+             database_line(s),
              f"storage: {services.files.storage.name}",
              f"rate limits: {'redis' if s.redis_url else 'in-process'}"]
     for ch in services.router.channels:
         label = " [SANDBOX: synthetic images, no real model]" if ch.kind == "sandbox" else ""
-        lines.append(f"upstream {ch.name} ({ch.kind}){label}: {', '.join(ch.model_map)}")
+        unusable = ("" if ch.disabled_reason is None
+                    else f"; UNUSABLE: {ch.disabled_reason}")
+        lines.append(f"upstream {ch.name} ({ch.kind}){label}: {', '.join(ch.model_map)}"
+                     f"{unusable}")
+    if not services.router.models():
+        lines.append("no upstream is usable: live keys get 503 until one is fixed (test-mode "
+                     "keys use the sandbox); see the UNUSABLE lines above")
     return lines
 
 
@@ -176,6 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        app.state.drain = services.jobs.drain  # called by GatewayServer when a stop begins
         for line in startup_report(services):
             log.info(line)
         await services.jobs.resume()
@@ -195,20 +221,24 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.gather(purge, return_exceptions=True)
             await close_services(services)
 
-    app = FastAPI(title="fluxgate", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible gateway for FLUX.1 Kontext",
-                  dependencies=[Depends(refuse_unstorable_text)])  # NUL & co: a 400 first
+    # /docs and /redoc with their assets served from this server (no CDN; gateway/api/home.py)
+    app = FastAPIOffline(title="fluxgate", version=__version__, lifespan=lifespan,
+                         description="OpenAI-compatible gateway for FLUX.1 Kontext",
+                         static_url=home.DOCS_ASSETS,
+                         dependencies=[Depends(refuse_unstorable_text)])  # NUL & co: 400 first
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False,
                        allow_private_network=settings.cors_private_network)
     # edits read their own (same-sized) cap first and name it; this one guards every route
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
+    app.add_middleware(DrainMiddleware)  # a stop under way: 503 + Retry-After to newcomers
     app.add_middleware(RequestIdMiddleware)
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
     text_guard.install(app)  # the OpenAPI document says free text holds no NUL
-    for module in (health, images, edits, chat, bfl, replicate, files, usage, admin):
+    for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
+                   admin):
         app.include_router(module.router)
     return app

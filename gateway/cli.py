@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,13 +21,14 @@ from billing import ledger, usage
 from billing.errors import BillingError
 from billing.pricing import MICRO, to_micro
 from billing.tables import ApiKeyRow
-from gateway import logcontext
+from gateway import __version__, logcontext
 from gateway.database import make_engine, make_sessionmaker, upgrade
+from gateway.datadir import DataDirError, database_line, ensure_writable
 from gateway.errors import GatewayError
 from gateway.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="fluxgate: an OpenAI-compatible gateway for FLUX.1 Kontext",
-                  no_args_is_help=True)
+                  pretty_exceptions_show_locals=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -41,12 +44,58 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML con
                                                  envvar="FLUXGATE_CONFIG")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fluxgate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _main(ctx: typer.Context,
+          version: Annotated[bool, typer.Option(
+              "--version", callback=_version, is_eager=True, help="print the version")] = False,
+          ) -> None:
+    """fluxgate: an OpenAI-compatible gateway for FLUX.1 Kontext."""
+    if ctx.invoked_subcommand is None:  # bare `fluxgate`: the help, and where the data is
+        typer.echo(ctx.get_help())
+        try:
+            typer.echo(database_line(load_settings(None)))
+        except ConfigError as exc:
+            typer.echo(f"fluxgate: {exc}", err=True)
+            raise typer.Exit(2) from exc
+
+
 def _settings(config: Path | None, **overrides: object) -> Settings:
+    """The settings, with a usable data directory; a problem ends the command in one line."""
     try:
-        return load_settings(config, **overrides)
-    except ConfigError as exc:
+        settings = load_settings(config, **overrides)
+        ensure_writable(settings.data_dir)
+    except (ConfigError, DataDirError) as exc:
         typer.echo(f"fluxgate: {exc}", err=True)
         raise typer.Exit(2) from exc
+    return settings
+
+
+def _amount(value: str, *, positive: bool) -> int:
+    """A money amount in the currency as micro-units; typer.BadParameter (a usage error, one
+    line) when it is not a number or is out of range."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        number = Decimal(value.strip())
+    except InvalidOperation:
+        raise typer.BadParameter(f"{value!r} is not an amount (e.g. 10 or 10.50)") from None
+    if not number.is_finite() or number < 0 or (positive and number == 0):
+        raise typer.BadParameter(f"{value} must be {'above' if positive else 'at least'} 0")
+    return to_micro(number)
+
+
+def _balance_amount(value: str | None) -> int | None:
+    return None if value is None else _amount(value, positive=False)
+
+
+def _topup_amount(value: str) -> int:
+    return _amount(value, positive=True)
 
 
 def _with_session(settings: Settings, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -67,10 +116,16 @@ def _money(micro: int) -> str:
     return f"{micro / MICRO:.6f}".rstrip("0").rstrip(".")
 
 
+#: how JSON output states money: integers of this unit (text output uses the currency itself)
+def _money_unit(settings: Settings) -> str:
+    return f"micro-{settings.billing.currency} (1 {settings.billing.currency} = {MICRO})"
+
+
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="bind address")] = None,
-          port: Annotated[int | None, typer.Option(help="port")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="port", min=1, max=65535)] = None,
+          ) -> None:
     """Run the gateway (applies database migrations first)."""
     import uvicorn
 
@@ -80,18 +135,31 @@ def serve(config: ConfigOpt = None,
     settings = _settings(config, **overrides)
     logcontext.configure(settings.log_level)
     _preflight(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
-                proxy_headers=False)  # the app applies `trusted_proxies` itself
+    from gateway.serving import GatewayServer
+
+    uv_config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                               log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
+                               proxy_headers=False)  # the app applies `trusted_proxies` itself
+    GatewayServer(uv_config).run()  # a stop answers open requests first (gateway/serving.py)
 
 
 def _preflight(settings: Settings) -> None:
-    """Check what start-up would otherwise fail on deep inside the server (the storage), so a
-    misconfiguration ends `serve` with one line instead of a traceback."""
+    """Check what start-up would otherwise fail on deep inside the server (the storage, every
+    channel's type and options), so a misconfiguration ends `serve` with one line instead of
+    a traceback."""
+
     from gateway.app import build_storage, close_storage
+    from gateway.jobs import routing
 
     async def go() -> None:
         await close_storage(await build_storage(settings))
+        routing_log = logging.getLogger(routing.__name__)
+        level = routing_log.level  # the server logs the channels itself, once, when it starts
+        routing_log.setLevel(logging.ERROR)
+        try:
+            await routing.build_router(settings).aclose()
+        finally:
+            routing_log.setLevel(level)
 
     try:
         asyncio.run(go())
@@ -102,27 +170,37 @@ def _preflight(settings: Settings) -> None:
 
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
-                balance: Annotated[str | None, typer.Option(
+                balance: Annotated[int | None, typer.Option(
+                    parser=_balance_amount, metavar="AMOUNT",
                     help="prepaid balance in the currency (omit for an unlimited key)")] = None,
                 test: Annotated[bool, typer.Option(
                     "--test", help="a test-mode key: sandbox only, never charged")] = False,
                 model: Annotated[list[str] | None, typer.Option(
                     help="allow only this model (repeatable)")] = None,
                 as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+                key_only: Annotated[bool, typer.Option(
+                    "--key-only", help="print only the key (for `export KEY=$(...)`)")] = False,
                 config: ConfigOpt = None) -> None:
-    """Create a key and print it (it is shown only once)."""
+    """Create a key and print it (it is shown only once) with the database it went into."""
     settings = _settings(config)
-    amount = to_micro(balance) if balance is not None else None
     created = _with_session(settings, lambda s: key_service.create_key(
-        s, name=name, mode="test" if test else "live", balance=amount, models=model or None))
+        s, name=name, mode="test" if test else "live", balance=balance, models=model or None))
+    where = database_line(settings)
+    if key_only:
+        typer.echo(created.plaintext)
+        typer.echo(where, err=True)
+        return
     if as_json:
         typer.echo(json.dumps({"id": created.row.id, "key": created.plaintext,
-                               "name": name, "mode": created.row.mode}))
+                               "name": name, "mode": created.row.mode,
+                               "database": where.removeprefix("database: ")}))
         return
-    console.print(f"[bold]{created.plaintext}[/bold]")
+    console.print(f"[bold]{created.plaintext}[/bold]", soft_wrap=True)
     console.print(f"id {created.row.id} · {created.row.mode} · "
                   + ("unlimited" if created.row.unlimited
-                     else f"balance {_money(created.row.balance)} {settings.billing.currency}"))
+                     else f"balance {_money(created.row.balance)} {settings.billing.currency}"),
+                  soft_wrap=True)
+    console.print(where, soft_wrap=True, markup=False)
     console.print("[yellow]Store this key now: it is shown only once.[/yellow]")
 
 
@@ -135,9 +213,11 @@ def keys_list(config: ConfigOpt = None,
     if as_json:
         typer.echo(json.dumps([{"id": r.id, "name": r.name, "key": r.display, "mode": r.mode,
                                 "balance": None if r.unlimited else r.balance,
+                                "money_unit": _money_unit(settings),
                                 "revoked": r.revoked_at is not None} for r in rows]))
         return
-    console.print(_key_table(rows))
+    _print_keys(rows, settings.billing.currency)
+    console.print(database_line(settings), soft_wrap=True, markup=False)
 
 
 @keys_app.command("revoke")
@@ -154,15 +234,32 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
     console.print(f"revoked {row.id} ({row.name})")
 
 
-def _key_table(rows: list[ApiKeyRow]) -> Table:
-    table = Table("id", "name", "key", "mode", "balance", "rpm", "jobs max", "group", "status")
-    for r in rows:
-        status = "revoked" if r.revoked_at else ("disabled" if r.disabled else "active")
-        table.add_row(r.id, r.name, r.display, r.mode,
-                      "unlimited" if r.unlimited else _money(r.balance),
-                      str(r.rpm or "-"), str(r.max_concurrency or "-"), r.price_group or "-",
-                      status)
-    return table
+def _print_keys(rows: list[ApiKeyRow], currency: str) -> None:
+    """Keys as a table, or, where the terminal is too narrow for one, as two lines per key:
+    ids and keys are never cut or wrapped, and the balance names its currency."""
+    from rich.measure import Measurement
+
+    table = Table("id", "name", "key", "mode", f"balance ({currency})", "rpm", "jobs max",
+                  "group", "status", box=box.SIMPLE_HEAD)
+    cells = [_key_cells(r) for r in rows]
+    for row in cells:
+        table.add_row(*row)
+    unbounded = console.options.update_width(10_000)
+    if Measurement.get(console, unbounded, table).maximum <= console.width:
+        console.print(table)
+        return
+    for key_id, name, display, mode, balance, rpm, jobs, group, status in cells:
+        console.print(f"{key_id}  {display}  {name}", soft_wrap=True, markup=False)
+        console.print(f"    {mode} · balance {balance}"
+                      f"{'' if balance == 'unlimited' else ' ' + currency} · rpm {rpm} · "
+                      f"jobs max {jobs} · group {group} · {status}", soft_wrap=True,
+                      markup=False)
+
+
+def _key_cells(r: ApiKeyRow) -> tuple[str, ...]:
+    status = "revoked" if r.revoked_at else ("disabled" if r.disabled else "active")
+    return (r.id, r.name, r.display, r.mode, "unlimited" if r.unlimited else _money(r.balance),
+            str(r.rpm or "-"), str(r.max_concurrency or "-"), r.price_group or "-", status)
 
 
 def _fail(exc: BillingError) -> typer.Exit:
@@ -205,20 +302,26 @@ def keys_update(key_id: str,
         row = _with_session(settings, lambda s: key_service.update_key(s, key_id, **changes))
     except BillingError as exc:
         raise _fail(exc) from exc
-    console.print(_key_table([row]))
+    _print_keys([row], settings.billing.currency)
 
 
 @keys_app.command("topup")
 def keys_topup(key_id: str,
-               amount: Annotated[str, typer.Argument(help="amount in the currency, e.g. 10.50")],
+               amount: Annotated[int, typer.Argument(
+                   parser=_topup_amount, metavar="AMOUNT",
+                   help="amount in the currency, e.g. 10.50")],
                note: Annotated[str | None, typer.Option(help="a note for the ledger")] = None,
                config: ConfigOpt = None) -> None:
     """Add money to a prepaid key (a ledger row)."""
     settings = _settings(config)
-    micro = to_micro(amount)
+    micro = amount
 
     async def go(s: AsyncSession) -> ApiKeyRow:
-        await key_service.get_key(s, key_id)
+        found = await key_service.get_key(s, key_id)
+        if found.unlimited:
+            raise _Refused(f"{key_id} is an unlimited key: it has no balance to top up and is "
+                           "never refused for money (create a prepaid key with "
+                           "`keys create --balance AMOUNT`)")
         await ledger.top_up(s, key_id, micro, note=note)
         row = await key_service.get_key(s, key_id)
         await s.refresh(row)
@@ -226,11 +329,16 @@ def keys_topup(key_id: str,
 
     try:
         row = _with_session(settings, go)
-    except (BillingError, ValueError) as exc:
+    except (BillingError, ValueError, _Refused) as exc:
         typer.echo(f"fluxgate: {getattr(exc, 'message', exc)}", err=True)
         raise typer.Exit(1) from exc
-    console.print(f"topped up {row.id} by {_money(micro)} {settings.billing.currency}: "
-                  f"balance {_money(row.balance)}")
+    currency = settings.billing.currency
+    console.print(f"topped up {row.id} by {_money(micro)} {currency}: "
+                  f"balance {_money(row.balance)} {currency}", soft_wrap=True)
+
+
+class _Refused(Exception):
+    """A CLI request refused before anything changed; the message is one line."""
 
 
 @app.command("usage")
@@ -249,6 +357,14 @@ def usage_cmd(key: Annotated[str | None, typer.Option("--key", help="one key's u
     except GatewayError as exc:
         typer.echo(f"fluxgate: {exc.message}", err=True)
         raise typer.Exit(2) from exc
+    if key is not None:
+        from billing.errors import InvalidKey
+
+        try:
+            _with_session(settings, lambda s: key_service.get_key(s, key))
+        except InvalidKey as exc:
+            typer.echo(f"fluxgate: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
     if as_csv:
         typer.echo(_with_session(settings, lambda s: usage.usage_csv(
             s, key_id=key, since=start, until=end)), nl=False)
@@ -256,7 +372,8 @@ def usage_cmd(key: Annotated[str | None, typer.Option("--key", help="one key's u
     report = _with_session(settings, lambda s: usage.usage_report(
         s, key_id=key, since=start, until=end))
     if as_json:
-        typer.echo(json.dumps({**report.as_dict(), "currency": settings.billing.currency}))
+        typer.echo(json.dumps({**report.as_dict(), "currency": settings.billing.currency,
+                               "money_unit": _money_unit(settings)}))
         return
     t = report.totals
     rate = "-" if t.success_rate is None else f"{t.success_rate:.1%}"
@@ -270,8 +387,9 @@ def usage_cmd(key: Annotated[str | None, typer.Option("--key", help="one key's u
                   f"average {_money(t.average_cost)} · p50 {_secs(t.latency_p50)} · "
                   f"p95 {_secs(t.latency_p95)}")
     for dim, groups in report.by.items():
-        table = Table(dim, "jobs", "succeeded", "success", "spend", "avg", "upstream", "margin",
-                      "p50", "p95", title=f"by {dim}")
+        cur = settings.billing.currency
+        table = Table(dim, "jobs", "succeeded", "success", f"spend ({cur})", f"avg ({cur})",
+                      f"upstream ({cur})", f"margin ({cur})", "p50", "p95", title=f"by {dim}")
         for name, g in groups.items():
             table.add_row(name or "-", str(g.jobs), str(g.succeeded),
                           "-" if g.success_rate is None else f"{g.success_rate:.0%}",
@@ -297,7 +415,7 @@ def db_upgrade(config: ConfigOpt = None) -> None:
             await engine.dispose()
 
     asyncio.run(go())
-    console.print("database is up to date")
+    console.print(f"{database_line(settings)} is up to date", soft_wrap=True, markup=False)
 
 
 @webhooks_app.command("secret")

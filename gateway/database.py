@@ -7,8 +7,11 @@ Alembic migrations in the top-level `migrations/` folder are applied on start-up
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -21,6 +24,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Work = Callable[[AsyncSession], Awaitable[Any]]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -85,6 +92,99 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 30,
             cur.close()
 
     return engine
+
+
+def values_of(row: Any) -> dict[str, Any]:
+    """An ORM object's column values, as a dict for a Core INSERT (no session involved)."""
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns}
+
+
+class Writer:
+    """Where the job pipeline's writes go: `await writer.run(work)` runs `work(session)` in a
+    transaction and answers its result once committed.
+
+    With `group_commit` (SQLite, which has one writer at a time anyway) one task runs the
+    works queued meanwhile in ONE transaction: many jobs' writes cost one commit, and no
+    connection waits in SQLite's busy loop for the write lock. When a work raises, that batch
+    is rolled back and each of its works is run again alone, so one work's error (say,
+    insufficient funds) reaches only its own caller. Works therefore must be pure database
+    statements, safe to run again after a rollback, and must never call the writer. Without
+    `group_commit` (PostgreSQL), each work is its own transaction on the pool, run at once.
+    A caller that is cancelled does not stop its queued work: once queued, it is written."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, group_commit: bool,
+                 max_batch: int = 200) -> None:
+        self.sessions = sessions
+        self.group_commit = group_commit
+        self.max_batch = max_batch
+        self.batches = 0  # transactions the group writer committed (for /readyz, bench)
+        self._queue: asyncio.Queue[tuple[Work, asyncio.Future[Any]] | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        if not self.group_commit:
+            async with self.sessions.begin() as session:
+                return await work(session)
+        if self._closed:
+            raise RuntimeError("the database writer is closed")
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(self._queue), name="db:writer")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((work, future))
+        return await asyncio.shield(future)
+
+    async def _loop(self, queue: asyncio.Queue[tuple[Work, asyncio.Future[Any]] | None]
+                    ) -> None:
+        stop = False
+        while not stop:
+            item = await queue.get()
+            batch = [] if item is None else [item]
+            stop = item is None
+            while len(batch) < self.max_batch and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            if batch:
+                await self._write(batch)
+
+    async def _write(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+        if len(batch) > 1:
+            try:
+                results = []
+                async with self.sessions.begin() as session:
+                    for work, _ in batch:
+                        results.append(await work(session))
+            except Exception:  # whose? run each alone: only its caller gets the error
+                log.debug("a batch of %d writes failed; writing them one by one", len(batch))
+            else:
+                self.batches += 1
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+                return
+        for work, future in batch:
+            try:
+                async with self.sessions.begin() as session:
+                    result = await work(session)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                self.batches += 1
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        """Write what is queued, then stop (later `run`s raise)."""
+        self._closed = True
+        if self._queue is not None and self._task is not None and not self._task.done():
+            self._queue.put_nowait(None)
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

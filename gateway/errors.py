@@ -86,3 +86,30 @@ class ServiceUnavailable(GatewayError):
 
 class Timeout(GatewayError):
     default_code = "timeout"
+
+
+class Interrupted(GatewayError):
+    """The gateway is stopping while the caller's job runs: the job goes on (another replica,
+    or the next start, finishes and stores it), so a retry would make and charge it twice."""
+
+    default_code = "interrupted"
+    never_retry = True  # x-should-retry: false, whatever the status
+
+    def __init__(self, job_ids: list[str]) -> None:
+        named = ", ".join(job_ids)
+        super().__init__(
+            f"The gateway is restarting while your image is being made: job {named} keeps "
+            "running and will be stored. Do not retry this request (the image would be made "
+            "and charged again); retry with the same Idempotency-Key, or look the job up by "
+            "its id.")
+        self.job_ids = job_ids
+        self.headers = {"x-fluxgate-job-id": named}
+
+
+def not_ready(job_ids: list[str], *, draining: bool) -> GatewayError:
+    """The error for a synchronous caller whose jobs are still running: Interrupted when the
+    gateway is stopping, else Timeout (its wait ran out)."""
+    if draining:
+        return Interrupted(job_ids)
+    return Timeout("The image is not ready yet; it keeps running and will be stored.",
+                   code="timeout")

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -28,6 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.datadir import DATA_DIR_ENV, default_data_dir, from_config_file
+from gateway.images.addresses import AllowList
 from gateway.models import DEFAULT_ALIASES, MODELS
 
 
@@ -55,6 +58,19 @@ class ChannelSettings(BaseModel):
     breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
     breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds open before one probe
     model_concurrency: dict[str, int] = Field(default_factory=dict)  # our model -> cap
+    # HTTP connections to this upstream's API; default max_concurrency + headroom for polls
+    # (gateway/jobs/connections.py), 1000 when the concurrency is unlimited
+    max_connections: int | None = Field(default=None, ge=1)
+    # hosts (host, host:port, *.suffix, IP, CIDR, [v6]:port) whose result URLs may be fetched
+    # despite the address policy, besides the channel's own host:port and its type's documented
+    # hosts (BFL: *.bfl.ai); every other result URL must be public, on port 80/443
+    result_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("result_hosts")
+    @classmethod
+    def _valid_hosts(cls, v: list[str]) -> list[str]:
+        AllowList.parse(v, setting="result_hosts")  # raises ValueError naming the entry
+        return v
 
     def model_map(self) -> dict[str, str]:
         """Our model name -> the upstream's, for the models this channel serves."""
@@ -124,6 +140,10 @@ class JobSettings(BaseModel):
     deadline: float = Field(default=600.0, gt=0)  # a job not done by then fails (stuck upstream)
     poll_initial: float = Field(default=0.5, gt=0)
     poll_max: float = Field(default=5.0, gt=0)
+    # polls per second this process sends at most, all jobs together: with many jobs in
+    # flight each waits longer between polls (5,000 jobs: one poll each 10 s), so waiting
+    # costs little CPU whatever the load
+    poll_rate: float = Field(default=500.0, gt=0)
     # the whole submit call; None = each adapter's own (a synchronous OpenAI-compatible
     # upstream holds the request for minutes, a queue upstream answers in seconds)
     submit_timeout: float | None = Field(default=None, gt=0)
@@ -182,8 +202,12 @@ class LimitSettings(BaseModel):
     max_input_images: int = Field(default=4, ge=1, le=8)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=20_000_000, ge=1024)
+    #: pixels decoded at once across all requests (bounded memory; see images/budget.py)
+    decode_pixel_budget: int = Field(default=100_000_000, ge=1024)
+    decode_wait: float = Field(default=5.0, ge=0)  # s a decode waits for budget, then 503
     fetch_timeout: float = Field(default=20.0, gt=0)
-    fetch_allow: list[str] = Field(default_factory=list)  # hosts/CIDRs allowed despite SSRF rules
+    # hosts/CIDRs (optionally host:port, [v6]:port) allowed despite the SSRF rules
+    fetch_allow: list[str] = Field(default_factory=list)
     # Shared rate limits (redis_url): how long a Redis call may take, how long to stay on the
     # in-process fallback after a failure, and how many replicas share the limit (the fallback
     # allows rpm / replicas in each, so an outage never multiplies a key's limit).
@@ -234,7 +258,8 @@ class ChatSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keepalive: float = Field(default=5.0, gt=0, le=60)  # `: ping` comment while a job runs
+    # `: ping` comment while a job runs (chat streams and image streams alike)
+    keepalive: float = Field(default=5.0, gt=0, le=60)
     progress: bool = False  # short progress lines in the answer (they stay in chat history)
 
 
@@ -270,7 +295,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLUXGATE_", env_nested_delimiter="__",
                                       extra="forbid")
 
-    data_dir: Path = Path("./data")
+    # see gateway/datadir.py: FLUXGATE_DATA_DIR, else the config file's (relative to it), else
+    # the per-user data folder (~/.local/share/fluxgate); always made absolute
+    data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None  # default sqlite+aiosqlite:///$data_dir/fluxgate.db
     auto_migrate: bool = True
     host: str = "127.0.0.1"
@@ -298,6 +325,18 @@ class Settings(BaseSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    #: where `data_dir` came from, in words (set by `load_settings`)
+    _data_dir_origin: str = PrivateAttr(default="the default for this user")
+
+    @property
+    def data_dir_origin(self) -> str:
+        return self._data_dir_origin
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().absolute()
 
     @field_validator("model_aliases")
     @classmethod
@@ -342,11 +381,39 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.port}"
 
 
-def _first_error_line(exc: ValidationError, source: str) -> str:
+def _env_names(field: str) -> list[str]:
+    """The FLUXGATE_ variables set for a top-level `field` (itself or nested under it)."""
+    name = f"FLUXGATE_{field.upper()}"
+    return sorted(k for k in os.environ if k.upper() == name or k.upper().startswith(name + "__"))
+
+
+def _first_error_line(exc: ValidationError, file: str | None, overrides: dict[str, Any]) -> str:
+    """The first error, naming the field and where its value came from: the command line
+    (`overrides`), an environment variable, or the config file."""
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "(root)"
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or "(root)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    env = _env_names(loc[0]) if loc else []
+    if env:
+        source = f"environment variable {env[0]}"
+    elif loc and loc[0] in overrides:
+        source = "the command line"
+    elif file:
+        source = file
+    else:
+        source = "the defaults"
     return f"invalid configuration in {source}: {field}: {err['msg']}{more}"
+
+
+def _data_dir_origin(data: dict[str, Any], file: str | None, overrides: dict[str, Any]) -> str:
+    if any(k.upper() == DATA_DIR_ENV for k in os.environ):  # as pydantic-settings reads it
+        return DATA_DIR_ENV
+    if "data_dir" in overrides:
+        return "the caller's settings"
+    if "data_dir" in data:
+        return f"the config file {file}"
+    return "the default for this user"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -366,8 +433,15 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded or {}
+        if "data_dir" in data and data["data_dir"] is None:  # written out as the default
+            del data["data_dir"]
+        if data.get("data_dir") and isinstance(data["data_dir"], str | os.PathLike):
+            data["data_dir"] = from_config_file(data["data_dir"], Path(path))
+    origin = _data_dir_origin(data, source if path else None, overrides)
     data.update(overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_first_error_line(exc, source)) from exc
+        raise ConfigError(_first_error_line(exc, source if path else None, overrides)) from exc
+    settings._data_dir_origin = origin
+    return settings

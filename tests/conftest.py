@@ -27,6 +27,7 @@ from billing.tables import ApiKeyRow, LedgerRow
 from gateway.api.deps import Services
 from gateway.app import create_app
 from gateway.jobs.tables import JobRow
+from gateway.serving import GatewayServer
 from gateway.settings import Settings, load_settings
 
 
@@ -150,7 +151,7 @@ def start_gateway(data_dir: Path, *, cls: type[Gateway] | None = None,
     app = create_app(settings)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
                             proxy_headers=False)  # as `fluxgate serve`: the app does it
-    server = uvicorn.Server(config)
+    server = GatewayServer(config)  # as `fluxgate serve`
     holder: dict[str, asyncio.AbstractEventLoop] = {}
 
     def run() -> None:

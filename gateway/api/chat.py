@@ -60,7 +60,7 @@ from gateway.api.schemas import (
     CompletionUsage,
     ImageURL,
 )
-from gateway.errors import GatewayError, InvalidRequest, Timeout
+from gateway.errors import GatewayError, InvalidRequest, not_ready
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
 from gateway.jobs.orders import Order, OrderDesk
@@ -114,14 +114,14 @@ def markdown(images: list[ChatCompletionContentPartImage], sandbox: bool = False
     return "\n\n".join(f"![{alt}]({image.image_url.url})" for image in images)
 
 
-def finished(row: JobRow) -> JobRow:
-    """`row` if it succeeded; raises the job's error when it failed, Timeout when it runs."""
+def finished(row: JobRow, *, draining: bool = False) -> JobRow:
+    """`row` if it succeeded; raises the job's error when it failed, Timeout when it runs
+    (Interrupted when the gateway is stopping)."""
     if row.status == JobStatus.SUCCEEDED.value:
         return row
     if JobStatus(row.status).terminal:
         raise job_error(row)
-    raise Timeout("The image is not ready yet; it keeps running and will be stored.",
-                  code="timeout")
+    raise not_ready([row.id], draining=draining)
 
 
 async def events(services: Services, reply: Reply, job_id: str, prompt: str,
@@ -140,13 +140,14 @@ async def events(services: Services, reply: Reply, job_id: str, prompt: str,
                 remaining = deadline - time.monotonic()
                 within = max(0.01, min(chat.keepalive, remaining))
                 [row] = await services.jobs.wait([job_id], within=within)
-                if JobStatus(row.status).terminal or remaining <= chat.keepalive:
+                if JobStatus(row.status).terminal or remaining <= chat.keepalive \
+                        or services.jobs.draining:
                     break
                 if chat.progress and row.status != status:
                     status = row.status
                     yield reply.chunk(ChoiceDelta(content=f"Status: {status}…\n\n"))
                 yield ": ping\n\n"
-            images = result_images(services, finished(row))
+            images = result_images(services, finished(row, draining=services.jobs.draining))
             content = markdown(images, from_sandbox(services, row.channel))
             yield reply.chunk(ChoiceDelta(content=content, images=images))
             yield reply.chunk(ChoiceDelta(), finish_reason="stop")
@@ -244,7 +245,7 @@ async def _complete(gate: Gate, body: ChatCompletionRequest, principal: Principa
                     services: Services, desk: OrderDesk) -> Response:
     reply, wanted, row = await _place(gate, body, principal, services, desk)
     [row] = await services.jobs.wait([row.id])
-    images = result_images(services, finished(row))
+    images = result_images(services, finished(row, draining=services.jobs.draining))
     completion = ChatCompletion(
         id=reply.id, created=reply.created, model=reply.model,
         choices=[Choice(message=ChatCompletionMessage(

@@ -17,6 +17,7 @@ from billing.limits import RateLimiter
 from billing.pricing import PriceTable
 from gateway.database import TransactionCounter
 from gateway.errors import AuthenticationError, PermissionDenied
+from gateway.images.budget import PixelBudget
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.routing import Router
@@ -42,6 +43,8 @@ class Services:
     webhooks: WebhookService
     channel_sync: ChannelStateSync
     transactions: TransactionCounter = field(default_factory=TransactionCounter)
+    pixel_budget: PixelBudget = field(
+        default_factory=lambda: PixelBudget(100_000_000, 5.0))  # replaced from settings
     key_cache: keys.KeyCache = field(default_factory=keys.KeyCache)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
     # admission per key; an entry lives only while some request holds or waits for its lock

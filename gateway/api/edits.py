@@ -35,9 +35,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from adapters.buckets import MAX_RATIO, MIN_RATIO
 from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
 from gateway.api.guards import Gate, idempotent
+from gateway.api.image_stream import STREAMED, stream_response, wants_stream
 from gateway.api.images import DeskDep, customer_of, images_response, parse_response_format
 from gateway.api.openapi import EDIT_REQUEST_BODY, OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.schemas import ImageEditRequest, ImageRef
+from gateway.api.tasks import ACCEPTED, accepted, wants_async
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs import intake
@@ -230,18 +232,25 @@ def canonical_form(form: EditForm) -> dict[str, object]:
 
 
 @router.post("/v1/images/edits", openapi_extra=EDIT_REQUEST_BODY,
-             responses=OPENAI_CREATE_ERRORS)
+             responses={**OPENAI_CREATE_ERRORS, **ACCEPTED, **STREAMED})
 async def create_edit(request: Request, principal: LimitedPrincipalDep, services: ServicesDep,
                       desk: DeskDep) -> Response:
     """Edit the input image(s) as `prompt` says, `n` times, and wait for the results."""
     form = await read_edit_request(request, services.settings.limits, desk)
+    respond_async = wants_async(request, form.body.async_)  # 202 + a task (api/tasks.py)
+    if wants_stream(form.body.stream, form.body.partial_images, respond_async=respond_async):
+        # an SSE stream cannot be replayed, so Idempotency-Key does not apply (as in chat)
+        return await _create_edit(Gate(services, principal), form, principal, services, desk,
+                                  stream_to=request)
     return await idempotent(request, principal, services,
-                            lambda gate: _create_edit(gate, form, principal, services, desk),
+                            lambda gate: _create_edit(gate, form, principal, services, desk,
+                                                      respond_async=respond_async),
                             canonical=canonical_form(form))
 
 
 async def _create_edit(gate: Gate, form: EditForm, principal: Principal, services: Services,
-                       desk: OrderDesk) -> JSONResponse:
+                       desk: OrderDesk, *, respond_async: bool = False,
+                       stream_to: Request | None = None) -> Response:
     body = form.body
     model = resolve_model(body.model, aliases=services.settings.model_aliases)
     principal.check_model(model)
@@ -292,5 +301,9 @@ async def _create_edit(gate: Gate, form: EditForm, principal: Principal, service
     finally:
         order.image_blobs.clear()
         order.mask = None
+    if stream_to is not None:
+        return stream_response(stream_to, services, "image_edit", rows, order.prompt, count)
+    if respond_async:
+        return await accepted(services, rows, response_format)
     rows = await services.jobs.wait([r.id for r in rows])
     return JSONResponse(await images_response(services, rows, response_format))

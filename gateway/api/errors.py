@@ -66,6 +66,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     ge.UpstreamError: (502, "upstream_error"),
     ge.ServiceUnavailable: (503, "service_unavailable"),
     ge.Timeout: (504, "timeout_error"),
+    ge.Interrupted: (503, "service_unavailable"),
     InvalidKey: (401, "authentication_error"),
     KeyForbidden: (403, "permission_error"),
     InsufficientFunds: (402, "insufficient_quota"),
@@ -195,6 +196,8 @@ def error_response(exc: Exception, family: Family = "openai") -> JSONResponse:
     for name, value in (getattr(exc, "headers", None) or {}).items():  # e.g. x-ratelimit-*
         headers[name.lower()] = value
     retryable = status in (408, 409, 429, 503) or bool(getattr(exc, "retryable", False))
+    if getattr(exc, "never_retry", False):
+        retryable = False
     headers["x-should-retry"] = "true" if retryable else "false"
     if family == "detail":
         body = detail_body(exc, status)

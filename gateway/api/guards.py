@@ -51,7 +51,8 @@ class Gate:
         if limit is None:
             rows = await desk.place(customer, order)
         else:
-            specs = await desk.prepare(customer, order)  # slow input fetches outside the lock
+            # slow input fetches outside the lock
+            specs, files = await desk.prepare(customer, order)
             lock = self.services.key_locks.setdefault(self.principal.key_id, asyncio.Lock())
             async with lock:  # exact within a replica; the count itself is in the database
                 async with self.services.sessions() as session:
@@ -61,7 +62,7 @@ class Gate:
                         f"This API key may have at most {limit} jobs in flight "
                         f"({busy} running); retry when one finishes.", retry_after=1,
                         limit=limit, remaining=max(0, limit - busy), scope="concurrency")
-                rows = await desk.jobs.create(specs)
+                rows = await desk.jobs.create(specs, files=files)
         self.job_ids = [row.id for row in rows]
         return rows
 

@@ -38,7 +38,11 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     """Readiness: the database answers within `_READY_TIMEOUT` s (else 503, so a load balancer
     sends traffic elsewhere). Also reports the transactions the engine ended since start."""
     counts = {"transactions": services.transactions.commits,
-              "rollbacks": services.transactions.rollbacks}
+              "rollbacks": services.transactions.rollbacks,
+              "write_batches": services.jobs.writer.batches}
+    if services.jobs.draining:  # a stop is under way: send traffic elsewhere
+        return JSONResponse({"status": "stopping", "database": counts}, status_code=503,
+                            headers={"retry-after": "2"})
     try:
         with anyio.fail_after(_READY_TIMEOUT):
             async with services.engine.connect() as conn:

@@ -11,9 +11,11 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep, from_sandbox
 from gateway.api.guards import Gate, idempotent
+from gateway.api.image_stream import STREAMED, stream_response, wants_stream
 from gateway.api.openapi import OPENAI_CREATE_ERRORS, OPENAI_ERRORS
 from gateway.api.schemas import ImageGenerationRequest
-from gateway.errors import InvalidRequest, Timeout
+from gateway.api.tasks import ACCEPTED, accepted, wants_async
+from gateway.errors import InvalidRequest, not_ready
 from gateway.jobs import intake
 from gateway.jobs.model import JobStatus
 from gateway.jobs.orders import Customer, Order, OrderDesk
@@ -30,7 +32,7 @@ SDK_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 def get_desk(services: ServicesDep) -> OrderDesk:
     return OrderDesk(jobs=services.jobs, files=services.files, fetcher=services.fetcher,
-                     limits=services.settings.limits)
+                     limits=services.settings.limits, budget=services.pixel_budget)
 
 
 DeskDep = Annotated[OrderDesk, Depends(get_desk)]
@@ -62,8 +64,7 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
         failed = [r for r in rows if r.status == JobStatus.FAILED.value]
         if failed:
             raise job_error(failed[0])
-        raise Timeout("The image is not ready yet; it keeps running and will be stored.",
-                      code="timeout")
+        raise not_ready([r.id for r in rows], draining=services.jobs.draining)
     data = []
     first = done[0].outputs[0]
     for row in done:
@@ -73,7 +74,9 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
             if response_format in (None, "url"):
                 item["url"] = services.files.url(output["file_id"], output["ext"])
             if response_format in (None, "b64_json"):
-                _, blob = await services.files.read(output["file_id"])
+                stored_at = output.get("storage_key")
+                blob = (await services.files.blob(stored_at) if stored_at
+                        else (await services.files.read(output["file_id"]))[1])
                 item["b64_json"] = base64.b64encode(blob).decode()
             data.append(item)
     size = f"{first['width']}x{first['height']}"
@@ -86,17 +89,27 @@ async def images_response(services: Services, rows: list[JobRow], response_forma
     return answer
 
 
-@router.post("/v1/images/generations", responses=OPENAI_CREATE_ERRORS)
+@router.post("/v1/images/generations",
+             responses={**OPENAI_CREATE_ERRORS, **ACCEPTED, **STREAMED})
 async def create_image(request: Request, body: ImageGenerationRequest,
                        principal: LimitedPrincipalDep, services: ServicesDep,
                        desk: DeskDep) -> Response:
-    """Generate (or, with input images, edit) `n` images and wait for them."""
+    """Generate (or, with input images, edit) `n` images and wait for them; with
+    `Prefer: respond-async` or `"async": true`, answer 202 with a task to poll instead; with
+    `stream: true`, answer OpenAI's image stream (server-sent events)."""
+    respond_async = wants_async(request, body.async_)
+    if wants_stream(body.stream, body.partial_images, respond_async=respond_async):
+        # an SSE stream cannot be replayed, so Idempotency-Key does not apply (as in chat)
+        return await _create_image(Gate(services, principal), body, principal, services, desk,
+                                   stream_to=request)
     return await idempotent(request, principal, services,
-                            lambda gate: _create_image(gate, body, principal, services, desk))
+                            lambda gate: _create_image(gate, body, principal, services, desk,
+                                                       respond_async=respond_async))
 
 
 async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Principal,
-                        services: Services, desk: OrderDesk) -> JSONResponse:
+                        services: Services, desk: OrderDesk, *, respond_async: bool = False,
+                        stream_to: Request | None = None) -> Response:
     model = resolve_model(body.model, aliases=services.settings.model_aliases)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
@@ -115,5 +128,9 @@ async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Pri
                                             param="prompt_upsampling"),
         image_refs=refs, webhook_url=webhook_url, webhook_secret=webhook_secret)
     rows = await gate.place(desk, customer_of(principal), order)
+    if stream_to is not None:
+        return stream_response(stream_to, services, "image_generation", rows, prompt, len(refs))
+    if respond_async:
+        return await accepted(services, rows, response_format)
     rows = await services.jobs.wait([r.id for r in rows])
     return JSONResponse(await images_response(services, rows, response_format))

@@ -133,6 +133,9 @@ _EDIT_TEXT_FIELDS: dict[str, Any] = {
     "user": {"type": "string"},
     "webhook_url": {"type": "string", "format": "uri"},
     "webhook_secret": {"type": "string"},
+    "async": {"type": "string", "enum": ["true", "false"]},
+    "stream": {"type": "string", "enum": ["true", "false"]},
+    "partial_images": {"type": "string", "pattern": r"^[0-3]$"},
 }
 _IMAGE_REF = {"type": "string", "minLength": 1,
               "description": "An image as an http(s) URL, a data URL or base64."}
@@ -167,6 +170,9 @@ EDIT_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content"
                                 {"type": "array", "items": _IMAGE_REF, "maxItems": 4}]},
             "images": {"type": "array", "maxItems": 4, "items": _IMAGE_OBJECT},
             "mask": {"anyOf": [_IMAGE_REF, _IMAGE_OBJECT]},
+            "async": {"type": "boolean"},
+            "stream": {"type": "boolean"},
+            "partial_images": {"type": "integer", "minimum": 0, "maximum": 3},
         },
     }},
 }}}

@@ -73,6 +73,12 @@ class KontextImageFields(BaseModel):
     prompt_upsampling: Flag = None
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # answer 202 with a task to poll (gateway/api/tasks.py); also `Prefer: respond-async`
+    async_: Flag = Field(default=None, alias="async")
+    # answer as OpenAI's image stream (gateway/api/image_stream.py)
+    stream: Flag = None
+    partial_images: Annotated[Loose, _documented({"type": "integer", "minimum": 0, "maximum": 3},
+                                                 "Partial images to stream, 0 to 3.")] = None
 
 
 class ImageGenerationRequest(KontextImageFields):

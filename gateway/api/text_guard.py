@@ -89,9 +89,11 @@ def documented(schema: dict[str, Any]) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     """Serve `app`'s OpenAPI document `documented` (built once, as FastAPI does)."""
 
+    build = app.openapi  # FastAPI's own (it caches in `app.openapi_schema`)
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = documented(FastAPI.openapi(app))
+            app.openapi_schema = documented(build())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -12,13 +12,15 @@ handled this way:
 * 6to4 `2002::/16`, Teredo `2001::/32`, local-use NAT64 `64:ff9b:1::/48`, translated
   `::ffff:0:0:0/96` and IPv4-compatible `::/96` are refused outright.
 
-An operator's allow-list (hostnames, `*.suffix` wildcards, IP addresses or CIDRs) overrides the
-policy for on-premise sources and for tests that serve images from loopback.
+An operator's allow-list (hostnames, `*.suffix` wildcards, IP addresses or CIDRs, each with an
+optional `:port`) overrides the policy for on-premise sources and for tests that serve images
+from loopback.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -88,47 +90,99 @@ def is_public_address(ip: IPAddress) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class AllowList:
-    """Destinations allowed despite the policy: exact hostnames, `*.suffix`, IPs and CIDRs.
+    """Destinations allowed despite the policy: exact hostnames, `*.suffix`, IPs and CIDRs,
+    each either on any port or, written `host:port` / `[v6]:port` / `cidr:port`, on one port.
 
-    A host allowed by name may resolve to any address and use any port; an address inside an
-    allowed network may be reached on any port, whatever name led to it.
+    A host allowed by name may resolve to any address; an address inside an allowed network
+    may be reached whatever name led to it. A port-less entry allows every port.
     """
 
     hosts: frozenset[str] = frozenset()
     suffixes: tuple[str, ...] = ()
     networks: tuple[IPNetwork, ...] = ()
+    host_ports: frozenset[tuple[str, int]] = frozenset()
+    suffix_ports: tuple[tuple[str, int], ...] = ()
+    network_ports: tuple[tuple[IPNetwork, int], ...] = ()
 
     @classmethod
-    def parse(cls, entries: Iterable[str]) -> AllowList:
-        """Parse settings entries; raises ValueError naming a malformed entry."""
+    def parse(cls, entries: Iterable[str], *, setting: str = "fetch_allow") -> AllowList:
+        """Parse settings entries; raises ValueError naming `setting` and a malformed entry."""
         hosts: set[str] = set()
         suffixes: list[str] = []
         networks: list[IPNetwork] = []
+        host_ports: set[tuple[str, int]] = set()
+        suffix_ports: list[tuple[str, int]] = []
+        network_ports: list[tuple[IPNetwork, int]] = []
         for raw in entries:
             entry = raw.strip()
             if not entry:
                 continue
+            bad = ValueError(f"{setting}: {raw!r} is not a hostname, *.suffix, IP or CIDR, "
+                             "optionally with :port")
             try:
-                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-                continue
+                target, port = _split_port(entry)
+            except ValueError:
+                raise bad from None
+            try:
+                net = ipaddress.ip_network(target.strip("[]"), strict=False)
             except ValueError:
                 pass
-            name = normalise_host(entry)
-            if name.startswith("*."):
-                suffixes.append(name[1:])
-            elif name and "/" not in name and "*" not in name:
-                hosts.add(name)
             else:
-                raise ValueError(f"fetch_allow: {raw!r} is not a hostname, *.suffix, IP or CIDR")
-        return cls(frozenset(hosts), tuple(suffixes), tuple(networks))
+                if port is None:
+                    networks.append(net)
+                else:
+                    network_ports.append((net, port))
+                continue
+            name = normalise_host(target)
+            if name.startswith("*.") and "*" not in name[2:] and "/" not in name:
+                if port is None:
+                    suffixes.append(name[1:])
+                else:
+                    suffix_ports.append((name[1:], port))
+            elif name and not any(c in name for c in "/*:[]@"):
+                if port is None:
+                    hosts.add(name)
+                else:
+                    host_ports.add((name, port))
+            else:
+                raise bad
+        return cls(frozenset(hosts), tuple(suffixes), tuple(networks), frozenset(host_ports),
+                   tuple(suffix_ports), tuple(network_ports))
 
-    def allows_host(self, host: str) -> bool:
+    def allows_host(self, host: str, port: int | None = None) -> bool:
+        """Whether `host` is allowed by name (on `port`; None matches port-less entries only)."""
         name = normalise_host(host)
-        return name in self.hosts or (bool(self.suffixes) and name.endswith(self.suffixes))
+        if name in self.hosts or (bool(self.suffixes) and name.endswith(self.suffixes)):
+            return True
+        if port is None:
+            return False
+        return (name, port) in self.host_ports or any(
+            p == port and name.endswith(s) for s, p in self.suffix_ports)
 
-    def allows_address(self, ip: IPAddress) -> bool:
+    def allows_address(self, ip: IPAddress, port: int | None = None) -> bool:
+        """Whether `ip` is inside an allowed network (on `port`, as for `allows_host`)."""
         candidates: list[IPAddress] = [ip]
         if isinstance(ip, ipaddress.IPv6Address) and (v4 := embedded_ipv4(ip)) is not None:
             candidates.append(v4)
-        return any(c.version == net.version and c in net
-                   for c in candidates for net in self.networks)
+        nets = [*self.networks, *(n for n, p in self.network_ports if port is not None
+                                  and p == port)]
+        return any(c.version == net.version and c in net for c in candidates for net in nets)
+
+
+_BRACKETED = re.compile(r"^(\[[^\]]*\]):(\d+)$")
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """(`host`, port) of `host:port` or `[v6]:port`; (entry, None) without a port."""
+    if m := _BRACKETED.match(entry):
+        target, digits = m.group(1), m.group(2)
+    elif entry.count(":") == 1:
+        target, _, digits = entry.partition(":")
+        if not digits.isdigit():
+            raise ValueError(entry)
+    else:
+        return entry, None
+    port = int(digits)
+    if not 0 < port < 65536 or not target:
+        raise ValueError(entry)
+    return target, port

@@ -39,6 +39,7 @@ from types import TracebackType
 import anyio
 import httpx
 
+from adapters.transport import DestinationRefused
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.images.addresses import (
     AllowList,
@@ -70,8 +71,11 @@ async def system_resolver(host: str) -> list[str]:
     return list(seen)
 
 
-class UrlRefused(httpx.TransportError):
-    """The SSRF policy refused a request; `code` is the stable error code (`url_not_allowed`)."""
+class UrlRefused(DestinationRefused):
+    """The SSRF policy refused a request; `code` is the stable error code (`url_not_allowed`).
+
+    A `DestinationRefused`, so the adapters' result downloads (which cannot import the
+    gateway) recognise a refusal by the guarded result client they are given."""
 
     def __init__(self, message: str, *, code: str = "url_not_allowed",
                  request: httpx.Request | None = None) -> None:
@@ -100,29 +104,48 @@ class _ClosingStream(httpx.AsyncByteStream):
 class GuardedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that only reaches destinations the SSRF policy allows (see module).
 
-    `allow`: hostnames, `*.suffix`, IPs or CIDRs allowed despite the policy (any port).
-    `resolver`: async `host -> [addresses]`, called exactly once per request.
-    `inner`: makes the transport that carries one pinned request (default: a fresh
-    `httpx.AsyncHTTPTransport` without retries). Raises UrlRefused for a refused destination
-    and httpx.ConnectError when the name does not resolve or no address answers.
+    `allow`: hostnames, `*.suffix`, IPs or CIDRs allowed despite the policy (any port, or the
+    one an entry names). `resolver`: async `host -> [addresses]`, called at most once per
+    request. `inner`: makes the transport that carries one pinned request (default: a fresh
+    `httpx.AsyncHTTPTransport` without retries). `pin_named=False` sends a request whose host
+    the allow-list names (or that is an IP literal, its own pin) unresolved through one pooled
+    transport (`limits`), so trusted hosts keep their connections; every other request is
+    resolved, judged and pinned as above. Raises UrlRefused for a refused destination and
+    httpx.ConnectError when the name does not resolve or no address answers. Close with
+    `aclose()`.
     """
 
     def __init__(self, *, allow: Sequence[str] | AllowList = (), resolver: Resolver | None = None,
                  schemes: Collection[str] = ("http", "https"),
                  ports: Collection[int] = DEFAULT_PORTS,
                  inner: Callable[[], httpx.AsyncBaseTransport] | None = None,
-                 verify: ssl.SSLContext | bool = True) -> None:
+                 verify: ssl.SSLContext | bool = True, pin_named: bool = True,
+                 limits: httpx.Limits | None = None) -> None:
         self.allow = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
         self.resolver: Resolver = resolver or system_resolver
         self.schemes = frozenset(schemes)
         self.ports = frozenset(ports)
+        context = (verify if isinstance(verify, ssl.SSLContext) or verify is False
+                   else httpx.create_ssl_context(verify=verify))
         if inner is None:
-            context = httpx.create_ssl_context(verify=verify) if verify is not False else verify
 
             def inner() -> httpx.AsyncBaseTransport:
                 return httpx.AsyncHTTPTransport(verify=context, retries=0)
 
         self._inner = inner
+        self._pooled: httpx.AsyncBaseTransport | None = None
+        if not pin_named:
+            self._pooled = httpx.AsyncHTTPTransport(
+                verify=context, retries=0, limits=limits or httpx.Limits())
+
+    async def aclose(self) -> None:
+        if self._pooled is not None:
+            await self._pooled.aclose()
+
+    def _trusted(self, url: httpx.URL) -> bool:
+        """Whether `url` may skip pinning: its host is allowed by name, or is an IP literal."""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return self.allow.allows_host(url.host, port) or parse_ip(url.host) is not None
 
     async def check(self, url: httpx.URL) -> list[IPAddress]:
         """The validated addresses `url` may be fetched from; raises UrlRefused or ConnectError."""
@@ -135,21 +158,23 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         if not host:
             raise UrlRefused("the URL has no host", code="invalid_image_url")
         port = url.port or (443 if url.scheme == "https" else 80)
-        named = self.allow.allows_host(host)
+        named = self.allow.allows_host(host, port)
         if not named and is_blocked_hostname(host):
             raise UrlRefused(f"the host {host!r} is not allowed")
         literal = parse_ip(host)
         if literal is not None:
             addresses: list[IPAddress] = [literal]
+        elif named and self._pooled is not None:
+            return []  # trusted by name and sent unpinned (see `pin_named`)
         else:
             addresses = await self._resolve(host)
         if not named:
             for ip in addresses:
-                if not (is_public_address(ip) or self.allow.allows_address(ip)):
+                if not (is_public_address(ip) or self.allow.allows_address(ip, port)):
                     logger.warning("fetch refused: %s resolves to a non-public address %s",
                                    host, ip)
                     raise UrlRefused(f"the host {host!r} resolves to a non-public address")
-            if port not in self.ports and not all(self.allow.allows_address(ip)
+            if port not in self.ports and not all(self.allow.allows_address(ip, port)
                                                   for ip in addresses):
                 raise UrlRefused(f"port {port} is not allowed "
                                  f"(only {', '.join(map(str, sorted(self.ports)))})")
@@ -171,6 +196,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         except UrlRefused as exc:
             exc.request = request
             raise
+        if self._pooled is not None and self._trusted(request.url):
+            return await self._pooled.handle_async_request(request)
         host = normalise_host(request.url.host)
         last: httpx.TransportError | None = None
         for ip in addresses:

@@ -63,16 +63,20 @@ async def claim(session: AsyncSession, job_id: str, runner: str, now: datetime,
 async def renew(session: AsyncSession, job_ids: Sequence[str], runner: str,
                 until: datetime) -> set[str]:
     """Extend `runner`'s leases on `job_ids` to `until`. Answers the ids `runner` no longer
-    holds (another runner adopted them after this one's lease passed)."""
+    holds: another runner adopted them after this one's lease passed, or they ended
+    elsewhere (canceled through another replica). That is how a running job learns it must
+    stop, without reading its row."""
     lost: set[str] = set()
     for start in range(0, len(job_ids), _CHUNK):
         chunk = list(job_ids[start:start + _CHUNK])
         result = await session.execute(
-            update(JobRow).where(JobRow.id.in_(chunk), JobRow.runner == runner)
+            update(JobRow).where(JobRow.id.in_(chunk), JobRow.runner == runner,
+                                 JobRow.status.in_(_UNFINISHED))
             .values(lease_until=until))
         if result.rowcount != len(chunk):  # type: ignore[attr-defined]
             held = (await session.execute(select(JobRow.id).where(
-                JobRow.id.in_(chunk), JobRow.runner == runner))).scalars()
+                JobRow.id.in_(chunk), JobRow.runner == runner,
+                JobRow.status.in_(_UNFINISHED)))).scalars()
             lost.update(set(chunk) - set(held))
     return lost
 

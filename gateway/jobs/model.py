@@ -80,3 +80,4 @@ class JobOutput(BaseModel):
     width: int
     height: int
     size: int
+    storage_key: str | None = None  # where the bytes are: a b64 answer reads no file row

@@ -17,6 +17,7 @@ import anyio
 
 from adapters.base import InputImage
 from gateway.errors import InvalidRequest
+from gateway.images.budget import PixelBudget, header_pixels
 from gateway.images.fetch import ImageFetcher
 from gateway.images.masks import load_mask
 from gateway.images.validate import animation, sniff, validate_image
@@ -27,6 +28,7 @@ from gateway.jobs.tables import JobRow
 from gateway.settings import LimitSettings
 from gateway.storable import refuse_unstorable
 from gateway.storage.files import FileStore
+from gateway.storage.tables import FileRow
 
 
 @dataclass(slots=True)
@@ -66,20 +68,22 @@ class OrderDesk:
     """Validates inputs, stores them and creates the jobs of an order."""
 
     def __init__(self, *, jobs: JobService, files: FileStore, fetcher: ImageFetcher,
-                 limits: LimitSettings) -> None:
+                 limits: LimitSettings, budget: PixelBudget | None = None) -> None:
         self.jobs = jobs
         self.files = files
         self.fetcher = fetcher
         self.limits = limits
+        self.budget = budget or PixelBudget(limits.decode_pixel_budget, limits.decode_wait)
 
     async def load_image(self, param: str, data: bytes,
                          ratio: tuple[float, float] | None = None) -> InputImage:
         """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`); `ratio`
         bounds the upright width/height."""
         lo, hi = ratio if ratio is not None else (None, None)
-        return await anyio.to_thread.run_sync(lambda: validate_image(
-            data, param=param, max_bytes=self.limits.max_image_bytes,
-            max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
+        async with self.budget.admit(header_pixels(data)):  # bounded memory: see budget.py
+            return await anyio.to_thread.run_sync(lambda: validate_image(
+                data, param=param, max_bytes=self.limits.max_image_bytes,
+                max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
 
     def check_image_count(self, count: int, param: str = "image") -> None:
         """Raise InvalidRequest (`too_many_images`) above the per-request cap."""
@@ -122,28 +126,32 @@ class OrderDesk:
                 param="prompt", code="string_above_max_length")
 
     async def store_mask(self, customer: Customer, mask: bytes,
-                         images: list[InputImage]) -> str:
-        """Validate `mask` against the first (upright) input image and store it; answers the
-        file id. Raises 400 (`mask_size_mismatch`, no image), 413 or 415 naming `mask`."""
+                         images: list[InputImage]) -> FileRow:
+        """Validate `mask` against the first (upright) input image and store its bytes;
+        answers its file row, recorded with the job. Raises 400 (`mask_size_mismatch`, no
+        image), 413 or 415 naming `mask`."""
         if not images:
             raise InvalidRequest("mask: a mask needs an input image to apply to.",
                                  param="mask", code="mask_without_image")
         size = (images[0].width, images[0].height)
-        await anyio.to_thread.run_sync(lambda: load_mask(
-            mask, image_size=size, max_bytes=self.limits.max_image_bytes,
-            max_pixels=self.limits.max_image_pixels).close())
+        async with self.budget.admit(header_pixels(mask)):
+            await anyio.to_thread.run_sync(lambda: load_mask(
+                mask, image_size=size, max_bytes=self.limits.max_image_bytes,
+                max_pixels=self.limits.max_image_pixels).close())
         fmt = sniff(mask) or "PNG"
-        stored = await self.files.put(mask, f"image/{fmt.lower()}", kind="mask",
+        return await self.files.stage(mask, f"image/{fmt.lower()}", kind="mask",
                                       key_id=customer.key_id, size=size)
-        return stored.id
 
     async def place(self, customer: Customer, order: Order) -> list[JobRow]:
         """`prepare` the order, then create its jobs (reserving their price); raises
         InsufficientFunds when the balance is short."""
-        return await self.jobs.create(await self.prepare(customer, order))
+        specs, files = await self.prepare(customer, order)
+        return await self.jobs.create(specs, files=files)
 
-    async def prepare(self, customer: Customer, order: Order) -> list[JobSpec]:
-        """The order's job specs, with every input fetched, validated and stored; raises
+    async def prepare(self, customer: Customer, order: Order,
+                      ) -> tuple[list[JobSpec], list[FileRow]]:
+        """The order's job specs, with every input fetched, validated and its bytes stored,
+        and the input files' rows, which `JobService.create` records with the jobs; raises
         InvalidRequest and friends (nothing is created or charged).
 
         A mask is validated against the first input image and stored (`kind="mask"`); the
@@ -155,15 +163,17 @@ class OrderDesk:
             raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
                                  param="prompt", code="invalid_prompt")
         images = await self.inputs(order)
+        files = []
         mask_id = None
         if order.mask is not None:
-            mask_id = await self.store_mask(customer, order.mask, images)
+            files.append(await self.store_mask(customer, order.mask, images))
+            mask_id = files[-1].id
         file_ids = []
         for image in images:
-            stored = await self.files.put(image.data, image.mime, kind="input",
-                                          key_id=customer.key_id,
-                                          size=(image.width, image.height))
-            file_ids.append(stored.id)
+            files.append(await self.files.stage(image.data, image.mime, kind="input",
+                                                key_id=customer.key_id,
+                                                size=(image.width, image.height)))
+            file_ids.append(files[-1].id)
         batch_id = f"batch_{secrets.token_hex(8)}"
         specs = [
             JobSpec(key_id=customer.key_id, key_mode=customer.mode,
@@ -177,4 +187,4 @@ class OrderDesk:
                     webhook_url=order.webhook_url, webhook_secret=order.webhook_secret)
             for i in range(order.n)
         ]
-        return specs
+        return specs, files

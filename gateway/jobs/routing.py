@@ -15,6 +15,10 @@ Concurrency: each channel caps its in-flight jobs (`max_concurrency`; BFL defaul
 optionally, per model (`model_concurrency`; BFL defaults to 6 for flux-kontext-max). Callers
 queue for a slot instead of failing.
 
+Connections: each channel owns its HTTP clients (`gateway/jobs/connections.py`): an API pool
+sized from its concurrency cap and a guarded client for the result URLs its upstream names.
+`Router.aclose()` closes them.
+
 Zero-config: with no channel configured, `BFL_API_KEY`, `FAL_KEY` and `REPLICATE_API_TOKEN` in
 the environment each create a channel named after its type (BFL first, then fal, then
 Replicate), and the sandbox is kept out of live routing. With neither, the sandbox serves every
@@ -28,6 +32,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -40,10 +45,12 @@ from adapters.registry import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL_CONCURRENCY,
     ENV_CREDENTIALS,
+    FACTORIES,
     NEEDS_SECRET,
     build_adapter,
 )
 from billing.pricing import to_micro
+from gateway.jobs.connections import ChannelClients, channel_clients
 from gateway.settings import ChannelSettings, ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -116,8 +123,9 @@ class Channel:
     """One configured upstream channel: its adapter, limits, breaker and state."""
 
     def __init__(self, settings: ChannelSettings, adapter: Adapter, *,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, clients: ChannelClients | None = None) -> None:
         self.settings = settings
+        self.clients = clients  # the HTTP clients the adapter uses (None: it uses none)
         self.name = settings.name
         self.kind = settings.type
         self.adapter = adapter
@@ -177,6 +185,12 @@ class Channel:
         if model_slot is not None:
             model_slot.release()
 
+    def would_wait(self, model: str | None = None) -> bool:
+        """Would `acquire(model)` wait now (the channel or the model is at its cap)?"""
+        model_slot = self._model_slots.get(model) if model else None
+        return bool((model_slot is not None and model_slot.locked())
+                    or (self._slots is not None and self._slots.locked()))
+
     @contextlib.asynccontextmanager
     async def slot(self, model: str | None = None) -> AsyncIterator[None]:
         """`async with channel.slot(model):` — acquire and always release."""
@@ -202,6 +216,11 @@ class Channel:
         self.state_changed = time.monotonic()
         self.breaker.success()
 
+    async def aclose(self) -> None:
+        """Close the channel's HTTP clients (its adapter cannot be used afterwards)."""
+        if self.clients is not None:
+            await self.clients.aclose()
+
     def describe(self) -> dict[str, Any]:
         """The channel's state for the admin API (no secrets)."""
         return {
@@ -211,6 +230,7 @@ class Channel:
             "disabled_at": self.disabled_at, "breaker": self.breaker.state,
             "consecutive_failures": self.breaker.failures, "active": self.active,
             "max_concurrency": self.max_concurrency,
+            "max_connections": self.clients.size if self.clients is not None else None,
             "model_concurrency": dict(self.model_concurrency),
         }
 
@@ -223,6 +243,13 @@ class Router:
         self.channels = channels
         self._rng = rng or random.Random()
         self.test_channel = test_channel
+
+    async def aclose(self) -> None:
+        """Close every channel's HTTP clients (at shutdown)."""
+        test = [self.test_channel] if self.test_channel not in (None, *self.channels) else []
+        for channel in [*self.channels, *test]:
+            if channel is not None:
+                await channel.aclose()
 
     def get(self, name: str) -> Channel | None:
         found = next((c for c in self.channels if c.name == name), None)
@@ -289,38 +316,49 @@ def _secret(cs: ChannelSettings, env: Mapping[str, str]) -> tuple[str | None, st
     return (env.get(var) if var else None), var
 
 
-def _build_channel(cs: ChannelSettings, client: httpx.AsyncClient, env: Mapping[str, str],
-                   clock: Clock) -> Channel:
+def _build_channel(cs: ChannelSettings, settings: Settings, env: Mapping[str, str],
+                   clock: Clock, verify: ssl.SSLContext) -> Channel:
     secret, var = _secret(cs, env)
+    if cs.type not in FACTORIES:
+        raise ConfigError(f"channels.{cs.name}: type {cs.type!r} has no adapter in this build")
+    clients = channel_clients(
+        cs, max_concurrency=cs.max_concurrency or DEFAULT_MAX_CONCURRENCY.get(cs.type),
+        download_timeout=settings.jobs.download_timeout, verify=verify)
     try:
-        adapter = build_adapter(cs.type, cs.options, secret, cs.base_url, client)
-    except KeyError as exc:
-        raise ConfigError(f"channels.{cs.name}: type {cs.type!r} has no adapter in this build"
-                          ) from exc
-    except (ValidationError, ValueError) as exc:
+        adapter = build_adapter(cs.type, cs.options, secret, cs.base_url, clients.api,
+                                clients.results)
+    except ValidationError as exc:  # the options model refused one: name the option
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"channels.{cs.name}.options{'.' + where if where else ''}: "
+                          f"{err['msg']}{more}") from exc
+    except ValueError as exc:
         first = str(exc).splitlines()
         raise ConfigError(f"channels.{cs.name}: invalid channel: {' '.join(first[:3])}") from exc
-    channel = Channel(cs, adapter, clock=clock)
+    channel = Channel(cs, adapter, clock=clock, clients=clients)
     if cs.type in NEEDS_SECRET and not secret and channel.disabled_reason is None:
         channel.disable(f"no credential: environment variable {var or 'api_key_env'} is not set")
     return channel
 
 
-def build_router(settings: Settings, client: httpx.AsyncClient,
-                 env: Mapping[str, str] | None = None, *, rng: random.Random | None = None,
-                 clock: Clock = time.monotonic) -> Router:
-    """Build every channel's adapter from settings; secrets come from `env` (os.environ).
+def build_router(settings: Settings, *, env: Mapping[str, str] | None = None,
+                 rng: random.Random | None = None, clock: Clock = time.monotonic) -> Router:
+    """Build every channel's adapter and HTTP clients from settings; secrets come from `env`
+    (os.environ). Close the router with `aclose()`.
 
     Raises ConfigError for an unknown channel type or invalid channel options.
     """
     env = os.environ if env is None else env
-    channels = [_build_channel(cs, client, env, clock) for cs in channel_settings(settings, env)]
+    verify = httpx.create_ssl_context()  # one context (CA bundle loaded once) for every pool
+    channels = [_build_channel(cs, settings, env, clock, verify)
+                for cs in channel_settings(settings, env)]
     names = [c.name for c in channels]
     if len(set(names)) != len(names):
         raise ConfigError(f"channels: names must be unique, got {names}")
     test = next((c for c in channels if c.kind == "sandbox"), None)
     if test is None:
-        test = _build_channel(_default_sandbox(settings), client, env, clock)
+        test = _build_channel(_default_sandbox(settings), settings, env, clock, verify)
     log.info("channels: %s (test channel: %s)",
              ", ".join(f"{c.name}[{c.kind}]" for c in channels), test.name)
     return Router(channels, rng=rng, test_channel=test)

@@ -5,10 +5,24 @@ settle, or release on any failure. Once a job row exists, its failure is data on
 (status, error_code, error_message) and the money follows the job's state: a job is settled
 only after its image is stored, and released otherwise, never both (guarded transitions).
 
+The database does only what durability and money need. On the happy path a job is at most
+three write transactions, each a few single statements through the `Writer` (group commit on
+SQLite): T1 `_create` inserts the job (status `running`: "it may be at an upstream from now
+on"), its input files and its reservation; T2 records the upstream's job id (what crash
+recovery needs to resume it; skipped when the upstream answered at once); T3 `_finish` writes
+the terminal state with the output files, the settlement or release and the webhook outbox
+row. Everything else (routing, attempts, polls, notes, stage times) is progress kept on the
+job's in-memory row, which the runner works from and `get`/`wait` answer from, and is written
+with T2 or T3. Off the happy path, a job that must wait (for channel capacity, or a throttling
+upstream) is marked `queued` first and `running` again before its next submit, so a crash
+never re-sends a submit that may have reached an upstream, and a crash while it waits lets
+the next runner submit it.
+
 Replicas may share the database: a job runs in the one process holding its lease (`leases.py`).
 This service claims the jobs it creates in the transaction that creates them, renews its leases
-in one heartbeat, adopts unfinished jobs whose lease has passed (at start and then every
-`jobs.adopt_interval`: their runner crashed or stopped) and releases its leases when it stops.
+in one heartbeat (which is also how it learns that a job was canceled through another replica),
+adopts unfinished jobs whose lease has passed (at start and then every `jobs.adopt_interval`:
+their runner crashed or stopped) and releases its leases when it stops.
 
 The module is longer than our usual ~400 lines on purpose: every step that touches a job's
 state or money is here, where one reading shows all transitions. Pure work lives elsewhere:
@@ -18,6 +32,8 @@ parsing in `intake.py`, channel choice in `routing.py`, pixels in `gateway/image
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 import secrets
@@ -25,10 +41,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import (
@@ -47,6 +63,7 @@ from adapters.buckets import bucket_for_ratio, nearest_ratio, ratio_text
 from billing import ledger
 from billing.pricing import PriceTable, to_micro
 from gateway import logcontext
+from gateway.database import Writer, values_of
 from gateway.errors import (
     ContentPolicy,
     GatewayError,
@@ -59,12 +76,14 @@ from gateway.images.masks import composite, load_mask
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff
 from gateway.jobs import channel_state, leases
+from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
 from gateway.settings import JobSettings
 from gateway.storage.files import FileStore, image_size
+from gateway.storage.tables import FileRow
 from gateway.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -75,6 +94,14 @@ class _Superseded(Exception):
 
 
 TERMINAL = [s.value for s in JobStatus if s.terminal]
+UNFINISHED = [s.value for s in JobStatus if not s.terminal]
+#: the tables: the pipeline's statements are Core (no ORM unit of work, no identity map)
+_JOBS = cast(Table, JobRow.__table__)
+_FILES = cast(Table, FileRow.__table__)
+#: what a running job gathers in memory and writes with its next write (T2 or T3)
+_PROGRESS = ("stage", "channel", "upstream_model", "upstream_id", "poll_url", "upstream_handle",
+             "attempts", "polls", "spec", "timeline", "outputs", "upstream_cost",
+             "upstream_latency", "submitted_at")
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _CANCEL_TIMEOUT = 15.0  # seconds for a best-effort upstream cancel
 _DOWNLOAD_ATTEMPTS = 3  # a result download is a safe GET: retried on transient failures
@@ -98,6 +125,12 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
 
 
+def _stage(row: JobRow, stage: Stage) -> None:
+    """Record `stage` (and its time) on the in-memory row; written with the next write."""
+    row.stage = stage.value
+    row.timeline = [*row.timeline, {"stage": stage.value, "at": _now().isoformat()}]
+
+
 def job_error(row: JobRow) -> GatewayError:
     """The error a synchronous caller gets for a failed job."""
     cls = FAILURES.get(row.error_code or "", UpstreamError)
@@ -118,8 +151,10 @@ class JobService:
 
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], router: Router,
                  files: FileStore, prices: PriceTable, settings: JobSettings,
-                 moderation_fee: int = 0, outbox: Outbox | None = None) -> None:
-        self.sessions = sessions
+                 moderation_fee: int = 0, outbox: Outbox | None = None,
+                 writer: Writer | None = None) -> None:
+        self.sessions = sessions  # reads; every write of a job goes through `writer`
+        self.writer = writer or Writer(sessions, group_commit=False)
         self.outbox = outbox  # webhook deliveries, written in the terminal transaction
         self.router = router
         self.files = files
@@ -128,10 +163,10 @@ class JobService:
         self.moderation_fee = moderation_fee
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
+        self._live: dict[str, JobRow] = {}  # job id -> the row its task here works from
         self._done: dict[str, asyncio.Event] = {}
-        # stage changes not worth a transaction of their own: written with the job's next write
-        self._deferred: dict[str, tuple[dict[str, Any], list[dict[str, str]]]] = {}
         self._closing = False
+        self._draining = False  # a stop has begun: waits answer now, creates are refused
         self._creating = 0  # jobs admitted by `create` and not yet started
         self.runner_id = leases.runner_id()  # this process, in `jobs.runner`
         self._heartbeat: asyncio.Task[None] | None = None
@@ -142,6 +177,18 @@ class JobService:
         """How many jobs run in this process now."""
         return len(self._running)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """A stop has begun (see gateway/serving.py): every `wait` answers at once with the
+        jobs as they stand, and `create` refuses new jobs (503). The jobs keep running until
+        `close()`, which releases them to another replica."""
+        self._draining = True
+        for event in self._done.values():
+            event.set()
+
     # -- creation -------------------------------------------------------------------------
     def quote(self, spec: JobSpec) -> int:
         """Price of one job in micro-units (test-mode keys are never charged)."""
@@ -149,205 +196,205 @@ class JobService:
         return self.prices.quote(spec.model, spec.operation, group=spec.price_group,
                                  megapixels=width * height / 1_000_000, mode=spec.key_mode)
 
-    async def create(self, specs: Sequence[JobSpec]) -> list[JobRow]:
-        """Persist the jobs and reserve their price in one transaction, then start them.
+    async def create(self, specs: Sequence[JobSpec], *,
+                     files: Sequence[FileRow] = ()) -> list[JobRow]:
+        """Persist the jobs, their input `files` (staged by `FileStore.stage`) and their
+        reservations in one transaction, then start them.
 
         Raises billing.errors.InsufficientFunds (nothing is created) when the balance cannot
         cover every job, ServiceUnavailable (503, Retry-After) when this process already runs
         `jobs.max_in_flight` jobs: back-pressure before anything is created or charged."""
         busy = len(self._running) + self._creating
-        if busy + len(specs) > self.settings.max_in_flight or self._closing:
+        if self._closing or self._draining:
+            raise ServiceUnavailable("The gateway is restarting; retry shortly.",
+                                     code="shutting_down", retry_after=2)
+        if busy + len(specs) > self.settings.max_in_flight:
             raise ServiceUnavailable(
                 "The gateway is at capacity right now; retry shortly.", code="overloaded",
-                retry_after=1 if not self._closing else 2)
+                retry_after=1)
         self._creating += len(specs)  # counted from now on: concurrent creates see them
         try:
-            return await asyncio.shield(self._create(specs))
+            return await asyncio.shield(self._create(specs, files))
         finally:
             self._creating -= len(specs)
 
-    async def _create(self, specs: Sequence[JobSpec]) -> list[JobRow]:
+    async def _create(self, specs: Sequence[JobSpec], files: Sequence[FileRow]) -> list[JobRow]:
         """`create` once admitted; shielded, so a client that disconnects meanwhile cannot
-        leave a created job unstarted."""
+        leave a created job unstarted. T1: one INSERT per table and the reservations."""
         now = _now()
+        at = now.isoformat()
         rows = []
-        async with self.sessions.begin() as session:
-            for spec in specs:
-                job_id = f"job_{secrets.token_hex(12)}"
-                price = self.quote(spec)
-                row = JobRow(
-                    id=job_id, key_id=spec.key_id, batch_id=spec.batch_id, surface=spec.surface,
-                    status=JobStatus.QUEUED.value, stage=Stage.CREATED.value, model=spec.model,
-                    operation=spec.operation, spec=spec.model_dump(mode="json"),
-                    prompt=spec.prompt, aspect_ratio=spec.aspect_ratio, seed=spec.seed,
-                    price=price, outputs=[], polls=0, attempts=0,
-                    timeline=[{"stage": Stage.CREATED.value, "at": now.isoformat()}],
-                    created_at=now, updated_at=now,
-                    deadline_at=now + timedelta(seconds=self.settings.deadline),
-                    runner=self.runner_id, lease_until=self._lease_end(now))
-                session.add(row)
-                await session.flush()
-                if price > 0:
-                    await ledger.reserve(session, spec.key_id, job_id, price, model=spec.model)
-                row.stage = Stage.RESERVED.value
-                row.timeline = [*row.timeline, {"stage": Stage.RESERVED.value,
-                                                "at": _now().isoformat()}]
-                rows.append(row)
+        for spec in specs:
+            rows.append(JobRow(
+                id=f"job_{secrets.token_hex(12)}", key_id=spec.key_id, batch_id=spec.batch_id,
+                surface=spec.surface, status=JobStatus.RUNNING.value,
+                stage=Stage.RESERVED.value, model=spec.model, operation=spec.operation,
+                spec=spec.model_dump(mode="json"), prompt=spec.prompt,
+                aspect_ratio=spec.aspect_ratio, seed=spec.seed, price=self.quote(spec),
+                outputs=[], polls=0, attempts=0,
+                timeline=[{"stage": Stage.CREATED.value, "at": at},
+                          {"stage": Stage.RESERVED.value, "at": at}],
+                created_at=now, updated_at=now,
+                deadline_at=now + timedelta(seconds=self.settings.deadline),
+                runner=self.runner_id, lease_until=self._lease_end(now)))
+        job_values = [values_of(row) for row in rows]
+        file_values = [values_of(f) for f in files]
+
+        async def work(session: AsyncSession) -> None:
+            if file_values:
+                await session.execute(insert(_FILES), file_values)
+            await session.execute(insert(_JOBS), job_values)
+            for row in rows:
+                if row.price > 0:
+                    await ledger.reserve(session, row.key_id, row.id, row.price,
+                                         model=row.model)
+
+        await self.writer.run(work)
         for row in rows:
-            self.start(row.id)
+            self.start(row)
         return rows
 
-    def start(self, job_id: str) -> None:
-        """Run a job in the background (it outlives the request that created it). The caller
-        holds the job's lease (created or adopted here); the heartbeat keeps it."""
+    def start(self, row: JobRow, *, adopted: bool = False) -> None:
+        """Run a job in the background (it outlives the request that created it), working
+        from `row`. The caller holds the job's lease (created or adopted here); the heartbeat
+        keeps it."""
         if self._heartbeat is None and not self._closing:
             self._heartbeat = asyncio.create_task(self._renew_leases(), name="jobs:heartbeat")
-        self._done.setdefault(job_id, asyncio.Event())
-        task = asyncio.create_task(self._run_guarded(job_id), name=f"job:{job_id}")
+        self._done.setdefault(row.id, asyncio.Event())
+        self._live[row.id] = row
+        task = asyncio.create_task(self._run_guarded(row, adopted), name=f"job:{row.id}")
         self._tasks.add(task)
-        self._running[job_id] = task
+        self._running[row.id] = task
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(
-            lambda t: self._running.pop(job_id) if self._running.get(job_id) is t else None)
+            lambda t: self._running.pop(row.id) if self._running.get(row.id) is t else None)
 
     async def cancel(self, job_id: str) -> JobRow | None:
         """Cancel a job that is not terminal yet: it becomes `canceled` and its reservation is
         released (nothing is charged); its task is stopped and its upstream job, if one was
         submitted, is asked to cancel (best effort). A terminal job is left as it is. Answers
         the job as it stands afterwards (None for an unknown id). A job running on another
-        replica stops there at its next progress write (see `_update`)."""
+        replica stops there at its runner's next heartbeat (see `_renew_leases`)."""
         row = await self.get(job_id)
         if row is None or JobStatus(row.status).terminal:
             return row
-        # stop the task first, so it cannot write over the canceled state (its own writes
-        # are unguarded); a job it finished meanwhile stays finished (_finish is guarded)
+        # stop the task first, so it cannot write over the canceled state; a job it finished
+        # meanwhile stays finished (_finish is guarded)
         task = self._running.get(job_id)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if await self._finish(job_id, row.key_id, JobStatus.CANCELED, code="canceled",
-                              message="The job was canceled by the client."):
-            row = await self.get(job_id)
-            channel = self.router.get(row.channel) if row and row.channel else None
-            if row is not None and row.upstream_id and channel is not None:
-                await self._cancel_upstream(channel, UpstreamJob(
-                    id=row.upstream_id, poll_url=row.poll_url,
-                    handle=dict(row.upstream_handle or {})))
-        return await self.get(job_id)
+        if not await self._finish(row, JobStatus.CANCELED, code="canceled",
+                                  message="The job was canceled by the client."):
+            return await self._read(job_id)  # it ended otherwise meanwhile
+        channel = self.router.get(row.channel) if row.channel else None
+        if row.upstream_id and channel is not None:
+            await self._cancel_upstream(channel, UpstreamJob(
+                id=row.upstream_id, poll_url=row.poll_url, handle=dict(row.upstream_handle or {})))
+        return row
 
     # -- waiting --------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRow | None:
+        """The job as it stands: from memory while it runs here, else from the database."""
+        live = self._live.get(job_id)
+        return live if live is not None else await self._read(job_id)
+
+    async def _read(self, job_id: str) -> JobRow | None:
         async with self.sessions() as session:
             return await session.get(JobRow, job_id)
 
     async def wait(self, job_ids: Sequence[str], within: float | None = None) -> list[JobRow]:
-        """The jobs once all are terminal, or as they stand after `within` seconds."""
+        """The jobs once all are terminal, or as they stand after `within` seconds. A job
+        running here is waited for in memory; one running elsewhere is read every 0.5 s."""
         deadline = time.monotonic() + (within or self.settings.sync_wait)
+        found: dict[str, JobRow] = {}
         for job_id in job_ids:
-            event = self._done.get(job_id)
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if event is not None:
-                    try:
-                        await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
+                live, event = self._live.get(job_id), self._done.get(job_id)
+                if live is not None and event is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(),
+                                               max(0.0, deadline - time.monotonic()))
+                    if JobStatus(live.status).terminal or time.monotonic() >= deadline \
+                            or self._draining:
+                        found[job_id] = live
                         break
-                    except TimeoutError:
-                        pass
-                row = await self.get(job_id)
-                if row is None or JobStatus(row.status).terminal or self._closing:
+                    # its task here stopped unfinished: another replica runs it now
+                row = await self._read(job_id)
+                if row is None:
                     break
-                if event is not None and event.is_set():
-                    event = None  # its task here stopped unfinished: another replica runs it
-                if event is None:
-                    await asyncio.sleep(min(remaining, 0.5))
-        async with self.sessions() as session:
-            found = (await session.execute(select(JobRow).where(JobRow.id.in_(job_ids)))).scalars()
-            by_id = {row.id: row for row in found}
-        return [by_id[j] for j in job_ids if j in by_id]
+                found[job_id] = row
+                remaining = deadline - time.monotonic()
+                if JobStatus(row.status).terminal or self._closing or self._draining \
+                        or remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, 0.5))
+        return [found[j] for j in job_ids if j in found]
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def _run_guarded(self, job_id: str) -> None:
-        logcontext.job_id.set(job_id)  # this task's own context
+    async def _run_guarded(self, row: JobRow, adopted: bool) -> None:
+        logcontext.job_id.set(row.id)  # this task's own context
         try:
-            await self._run(job_id)
+            await self._run(row, adopted)
         except asyncio.CancelledError:
             raise
         except _Superseded as exc:
-            log.info("job %s stopped here: %s", job_id, exc)
+            log.info("job %s stopped here: %s", row.id, exc)
         except Exception as exc:  # a bug must not leave the job or its money hanging
-            log.exception("job %s crashed", job_id)
-            await self._fail(job_id, "internal_error", f"Internal error: {type(exc).__name__}")
+            log.exception("job %s crashed", row.id)
+            await self._fail(row, "internal_error", f"Internal error: {type(exc).__name__}")
         finally:
-            self._deferred.pop(job_id, None)  # never leaks past the job's task
-            event = self._done.pop(job_id, None)
+            if self._live.get(row.id) is row:
+                del self._live[row.id]
+            event = self._done.pop(row.id, None)
             if event is not None:
                 event.set()
 
-    def _defer(self, job_id: str, stage: Stage, **values: Any) -> None:
-        """Record a stage (with its time, now) and values to be written with the job's next
-        write. Used where losing them in a crash costs nothing: a resumed job polls again."""
-        staged_values, staged_stages = self._deferred.setdefault(job_id, ({}, []))
-        staged_values.update(values, stage=stage.value)
-        staged_stages.append({"stage": stage.value, "at": _now().isoformat()})
+    async def _write_progress(self, row: JobRow, **values: Any) -> None:
+        """Write `values` and the progress gathered in memory (one guarded UPDATE), then keep
+        `values` on the row. Raises _Superseded instead when the job ended elsewhere or
+        another runner took its lease: this task must stop rather than write over that."""
+        now = _now()
+        changes = {**{k: getattr(row, k) for k in _PROGRESS}, **values, "updated_at": now}
 
-    def _apply_deferred(self, row: JobRow) -> None:
-        staged = self._deferred.pop(row.id, None)
-        if staged is not None:
-            for key, value in staged[0].items():
-                setattr(row, key, value)
-            row.timeline = [*row.timeline, *staged[1]]
+        async def work(session: AsyncSession) -> bool:
+            result = await session.execute(
+                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.in_(UNFINISHED),
+                                    or_(_JOBS.c.runner == self.runner_id,
+                                        _JOBS.c.runner.is_(None)))
+                .values(**changes))
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    async def _update(self, job_id: str, *, stage: Stage | None = None, **values: Any) -> None:
-        """Write a running job's progress. Raises _Superseded instead when the job ended
-        elsewhere (canceled through another replica) or another runner took its lease: this
-        task must stop rather than write over that."""
-        async with self.sessions.begin() as session:
-            row = await session.get(JobRow, job_id)
-            if row is None:
-                return
-            if JobStatus(row.status).terminal:
-                raise _Superseded(f"it is already {row.status}")
-            if row.runner not in (None, self.runner_id):
-                raise _Superseded(f"runner {row.runner} holds it now")
-            self._apply_deferred(row)
-            now = _now()
-            for key, value in values.items():
-                setattr(row, key, value)
-            if stage is not None:
-                row.stage = stage.value
-                row.timeline = [*row.timeline, {"stage": stage.value, "at": now.isoformat()}]
-            row.updated_at = now
+        if not await self.writer.run(work):
+            raise _Superseded("it ended elsewhere, or another runner holds it now")
+        for key, value in changes.items():
+            setattr(row, key, value)
 
-    async def _run(self, job_id: str) -> None:
-        row = await self.get(job_id)
-        if row is None or JobStatus(row.status).terminal:
+    async def _run(self, row: JobRow, adopted: bool) -> None:
+        if JobStatus(row.status).terminal:
             return
         spec = JobSpec.model_validate(row.spec)
         if row.upstream_id and row.channel:
             channel = self.router.get(row.channel)
             if channel is None:
-                await self._fail(job_id, "upstream_error",
+                await self._fail(row, "upstream_error",
                                  f"Channel {row.channel!r} is no longer configured.")
                 return
-            await channel.acquire(spec.model)
-            try:
+            async with channel.slot(spec.model):
                 upstream = UpstreamJob(id=row.upstream_id, poll_url=row.poll_url,
                                        handle=dict(row.upstream_handle or {}))
                 await self._follow(row, spec, channel, upstream)
-            finally:
-                channel.release(spec.model)
             return
-        if row.status == JobStatus.RUNNING.value:
-            # we crashed between sending the submit and recording its answer: ambiguous
-            await self._fail(job_id, "upstream_ambiguous", "The job was interrupted while it "
+        if adopted and row.status == JobStatus.RUNNING.value:
+            # we crashed after it was marked "may be at an upstream" and before the upstream's
+            # answer was recorded: it may have been sent, so it is never sent again
+            await self._fail(row, "upstream_ambiguous", "The job was interrupted while it "
                              "was being submitted; it was not charged.")
             return
         deadline = _aware(row.deadline_at)
         if deadline is not None and deadline <= _now():
             # found after its deadline (e.g. resumed after a long stop): never sent upstream
-            await self._fail(job_id, "timeout", "The job's deadline passed before it could be "
+            await self._fail(row, "timeout", "The job's deadline passed before it could be "
                              "sent to an upstream; it was not charged.")
             return
         inputs = await self._load_inputs(spec)
@@ -394,7 +441,7 @@ class JobService:
                     f"inputs were stitched side by side into one {merged.width}x"
                     f"{merged.height} image ({layout})")
             spec = spec.model_copy(update={"notes": [*spec.notes, note]})
-            await self._update(row.id, spec=spec.model_dump(mode="json"))
+            row.spec = spec.model_dump(mode="json")  # written with the job's next write
         if spec.aspect_ratio is None:
             first = inputs[0]
             w, h = bucket_for_ratio(first.width / first.height)
@@ -432,7 +479,7 @@ class JobService:
             channels = self._channels_for(spec, len(inputs))
             if not channels:
                 if round_no == 0:
-                    await self._fail(row.id, "no_channel",
+                    await self._fail(row, "no_channel",
                                      f"No upstream channel can serve {spec.model} right now.")
                     return
                 break
@@ -453,9 +500,9 @@ class JobService:
                 break
             log.info("job %s: every channel is throttling; retrying in %.1f s", row.id, wait)
             # nothing is at an upstream now: a restart during the wait may submit it again
-            await self._update(row.id, status=JobStatus.QUEUED.value)
+            await self._write_progress(row, status=JobStatus.QUEUED.value)
             await asyncio.sleep(wait)
-        await self._fail(row.id, "upstream_unavailable",
+        await self._fail(row, "upstream_unavailable",
                          f"No upstream could take the job: {last_error}")
 
     async def _try_channel(self, row: JobRow, spec: JobSpec, channel: Channel,
@@ -463,18 +510,22 @@ class JobService:
         """Submit to one channel and, once accepted, follow the job to its end (done=True).
         Refusals that another channel (or a later round) may not meet answer done=False."""
         sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
+        if channel.would_wait(spec.model) and row.status == JobStatus.RUNNING.value:
+            # it may wait long for a slot: a restart meanwhile may submit it again
+            await self._write_progress(row, status=JobStatus.QUEUED.value)
         await channel.acquire(spec.model)
         probing = channel.breaker.state == "half_open"
         if not channel.breaker.allow():  # opened, or its one probe was taken, meanwhile
             channel.release(spec.model)
             return _Attempt(error=f"channel {channel.name} is failing; its breaker is open")
         try:
+            if row.status != JobStatus.RUNNING.value:  # "may be at an upstream" from now on
+                await self._write_progress(row, status=JobStatus.RUNNING.value)
             row.attempts += 1
             logcontext.channel.set(channel.name)
             req = self._request_for(sent_spec, channel, sent)
-            await self._update(row.id, stage=Stage.ROUTED, channel=channel.name,
-                               upstream_model=req.model, attempts=row.attempts,
-                               status=JobStatus.RUNNING.value)
+            row.channel, row.upstream_model = channel.name, req.model
+            _stage(row, Stage.ROUTED)
             started = time.monotonic()
             try:
                 with anyio.fail_after(self.settings.submit_timeout):  # None: the adapter's
@@ -495,7 +546,7 @@ class JobService:
                     channel.breaker.success()  # the upstream works; the request is bad
                     code = exc.code if exc.code == "content_policy_violation" \
                         else "invalid_request"
-                    await self._fail(row.id, code, exc.message)
+                    await self._fail(row, code, exc.message)
                     return _Attempt(done=True)
                 if exc.status == 429:  # overloaded, not broken: back off, keep the breaker
                     return _Attempt(error=exc.message, retry_after=exc.retry_after or 1.0)
@@ -503,18 +554,20 @@ class JobService:
                 return _Attempt(error=exc.message)
             except (UpstreamAmbiguous, TimeoutError) as exc:
                 channel.breaker.failure()
-                await self._fail(row.id, "upstream_ambiguous",
+                await self._fail(row, "upstream_ambiguous",
                                  "The upstream did not answer the submit in time; the job "
                                  f"was not re-sent and not charged ({exc}).")
                 return _Attempt(done=True)
             channel.breaker.success()
-            try:
-                await self._update(row.id, stage=Stage.SUBMITTED, upstream_id=upstream.id,
-                                   poll_url=upstream.poll_url,
-                                   upstream_handle=dict(upstream.handle), submitted_at=_now())
-            except _Superseded:  # canceled while it was being submitted: nobody will use it
-                await self._cancel_upstream(channel, upstream)
-                raise
+            row.upstream_id, row.poll_url = upstream.id, upstream.poll_url
+            row.upstream_handle, row.submitted_at = dict(upstream.handle), _now()
+            _stage(row, Stage.SUBMITTED)
+            if not upstream.state.terminal:  # T2: what a resumed job needs to follow it
+                try:
+                    await self._write_progress(row)
+                except _Superseded:  # canceled while it was being submitted: nobody will use it
+                    await self._cancel_upstream(channel, upstream)
+                    raise
             # the inputs are at the upstream now (and in storage): don't hold up to 4 x 20 MB
             # in memory for the minutes the job may run
             del req, sent
@@ -529,52 +582,71 @@ class JobService:
 
     async def _follow(self, row: JobRow, spec: JobSpec, channel: Channel,
                       upstream: UpstreamJob, started: float | None = None) -> None:
-        """Poll until the upstream job is terminal, then store or fail it."""
+        """Poll until the upstream job is terminal, then store or fail it. Every wait and
+        every poll is bounded by the job's deadline; polls follow the upstream's hint
+        (Retry-After), else back off with jitter and within `jobs.poll_rate` polls per second
+        for the whole process, and are counted in memory only."""
         started = started or time.monotonic()
         deadline = _aware(row.deadline_at) or _now() + timedelta(seconds=self.settings.deadline)
         interval = self.settings.poll_initial
-        polls = row.polls
         while not upstream.state.terminal:
             remaining = (deadline - _now()).total_seconds()
             if remaining <= 0:
-                await self._cancel_upstream(channel, upstream)
-                await self._fail(row.id, "timeout", "The upstream did not finish the image "
-                                 f"within {self.settings.deadline:.0f} s.")
+                await self._time_out(row, channel, upstream)
                 return
             # the upstream's hint wins (it may ask for less, or for more after a 429/503)
-            wait = upstream.retry_after if upstream.retry_after is not None else interval
+            # ...else back off, never faster than the process's poll budget allows
+            own = max(interval, len(self._running) / self.settings.poll_rate)
+            wait = upstream.retry_after if upstream.retry_after is not None \
+                else own * random.uniform(0.8, 1.2)
             await asyncio.sleep(max(0.01, min(wait, remaining)))
             interval = min(interval * 1.5, self.settings.poll_max)
+            remaining = (deadline - _now()).total_seconds()
+            if remaining <= 0:
+                await self._time_out(row, channel, upstream)
+                return
             try:
                 upstream.retry_after = None  # a hint holds for one poll only
-                upstream = await channel.adapter.poll(upstream)
+                with anyio.fail_after(remaining):
+                    upstream = await channel.adapter.poll(upstream)
+            except TimeoutError:
+                await self._time_out(row, channel, upstream)
+                return
             except UpstreamUnavailable as exc:
                 log.warning("job %s: poll failed (%s); retrying", row.id, exc.message)
                 upstream.retry_after = min(exc.retry_after, 60.0) if exc.retry_after else None
                 continue
-            polls += 1
-            if polls % 10 == 0:
-                await self._update(row.id, polls=polls)
-        latency = time.monotonic() - started
+            row.polls += 1
+        row.upstream_latency = round(time.monotonic() - started, 3)
         cost = channel.cost_per_image
         if cost is None and upstream.cost is not None:
             cost = to_micro(upstream.cost)
-        self._defer(row.id, Stage.UPSTREAM_DONE, polls=polls,
-                    upstream_latency=round(latency, 3), upstream_cost=cost)
+        row.upstream_cost = cost
+        _stage(row, Stage.UPSTREAM_DONE)
         if upstream.state is UpstreamState.SUCCEEDED:
             await self._store(row, spec, channel, upstream)
         elif upstream.state is UpstreamState.MODERATED:
-            await self._fail(row.id, "content_policy_violation",
+            await self._fail(row, "content_policy_violation",
                              upstream.error_message or "The request was rejected by the "
                              "upstream's safety filter.", fee=self.moderation_fee)
         elif upstream.state is UpstreamState.NOT_FOUND:
-            await self._fail(row.id, "upstream_error", upstream.error_message or
+            await self._fail(row, "upstream_error", upstream.error_message or
                              "The upstream no longer knows this job.")
         elif upstream.state is UpstreamState.CANCELED:
-            await self._fail(row.id, "upstream_error", "The upstream canceled the job.")
+            await self._fail(row, "upstream_error", "The upstream canceled the job.")
         else:
-            await self._fail(row.id, "upstream_error",
+            await self._fail(row, job_error_code(upstream.error_code),
                              upstream.error_message or "The upstream failed the job.")
+
+    async def _time_out(self, row: JobRow, channel: Channel, upstream: UpstreamJob) -> None:
+        """The deadline passed: the job fails now; the upstream is asked to cancel afterwards,
+        in the background, so the deadline holds however slow the upstream is."""
+        await self._fail(row, "timeout", "The upstream did not finish the image "
+                         f"within {self.settings.deadline:.0f} s.")
+        task = asyncio.create_task(self._cancel_upstream(channel, upstream),
+                                   name=f"cancel:{row.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _cancel_upstream(self, channel: Channel, upstream: UpstreamJob) -> None:
         """Best effort: an upstream that cannot be reached to cancel does not change how the
@@ -621,6 +693,7 @@ class JobService:
     async def _store(self, row: JobRow, spec: JobSpec, channel: Channel,
                      upstream: UpstreamJob) -> None:
         outputs: list[JobOutput] = []
+        staged: list[FileRow] = []
         try:
             for output in upstream.outputs:
                 data = output.data if output.data is not None \
@@ -639,71 +712,75 @@ class JobService:
                 size = await anyio.to_thread.run_sync(image_size, data)
                 if size is None:
                     raise UpstreamRejected("the upstream returned an unreadable image")
-                stored = await self.files.put(data, _MIME[fmt], kind="output", job_id=row.id,
-                                              key_id=row.key_id, size=size)
+                stored = await self.files.stage(data, _MIME[fmt], kind="output", job_id=row.id,
+                                                key_id=row.key_id, size=size)
+                staged.append(stored)
                 outputs.append(JobOutput(file_id=stored.id, ext=stored.ext,
                                          content_type=stored.content_type, width=size[0],
-                                         height=size[1], size=stored.size))
+                                         height=size[1], size=stored.size,
+                                         storage_key=stored.storage_key))
         except (UpstreamRejected, UpstreamUnavailable, TimeoutError) as exc:
             message = getattr(exc, "message", None) or "the download timed out"
-            await self._fail(row.id, "upstream_error",
+            await self._fail(row, job_error_code(getattr(exc, "code", None)),
                              f"The result could not be downloaded from the upstream: {message}")
             return
         if not outputs:
-            await self._fail(row.id, "upstream_error", "The upstream returned no image.")
+            await self._fail(row, "upstream_error", "The upstream returned no image.")
             return
-        self._defer(row.id, Stage.STORED, outputs=[o.model_dump() for o in outputs])
-        await self._finish(row.id, row.key_id, JobStatus.SUCCEEDED)
+        row.outputs = [o.model_dump() for o in outputs]
+        _stage(row, Stage.STORED)
+        await self._finish(row, JobStatus.SUCCEEDED, files=staged)
 
-    async def _finish(self, job_id: str, key_id: str, status: JobStatus, *,
-                      code: str | None = None, message: str | None = None, fee: int = 0) -> bool:
-        """Move a job to a terminal state and settle or release its money, atomically.
-        Answers False when the job was already terminal (nothing happens twice).
+    async def _finish(self, row: JobRow, status: JobStatus, *, code: str | None = None,
+                      message: str | None = None, fee: int = 0,
+                      files: Sequence[FileRow] = ()) -> bool:
+        """T3: move a job to a terminal state, with its output `files`, and settle or release
+        its money, atomically. Answers False when the job was already terminal (nothing
+        happens twice); on success the terminal state is kept on `row`.
 
         A job with a `webhook_url` gets its one webhook delivery row in that same transaction
         (so it exists exactly when the job is terminal); the worker is told after commit."""
         now = _now()
-        queued = None
-        async with self.sessions.begin() as session:
+        succeeded = status is JobStatus.SUCCEEDED
+        stage = Stage.SETTLED if succeeded else Stage.RELEASED
+        charged = row.price if succeeded else min(max(fee, 0), row.price)
+        ours = self._live.get(row.id) is row  # its progress is ours to write, not a stale read
+        changes: dict[str, Any] = {k: getattr(row, k) for k in _PROGRESS} if ours else {}
+        changes.update(status=status.value, error_code=code, error_message=message,
+                       finished_at=now, updated_at=now, stage=stage.value, charged=charged,
+                       timeline=[*row.timeline, {"stage": stage.value, "at": now.isoformat()}])
+        final = JobRow(**{**values_of(row), **changes})  # what the webhook payload shows
+        file_values = [values_of(f) for f in files]
+
+        async def work(session: AsyncSession) -> tuple[bool, bool]:
             result = await session.execute(
-                update(JobRow).where(JobRow.id == job_id, JobRow.status.not_in(TERMINAL))
-                .values(status=status.value, error_code=code, error_message=message,
-                        finished_at=now, updated_at=now))
+                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.not_in(TERMINAL))
+                .values(**changes))
             if result.rowcount != 1:  # type: ignore[attr-defined]
-                self._deferred.pop(job_id, None)
-                return False
-            row = await session.get(JobRow, job_id)
-            assert row is not None
-            self._apply_deferred(row)
-            if status is JobStatus.SUCCEEDED:
-                if row.price > 0:
-                    await ledger.settle(session, key_id, job_id, row.price,
+                return False, False
+            if file_values:
+                await session.execute(insert(_FILES), file_values)
+            if row.price > 0:
+                if succeeded:
+                    await ledger.settle(session, row.key_id, row.id, row.price,
                                         upstream_cost=row.upstream_cost)
-                row.charged = row.price
-                stage = Stage.SETTLED
-            else:
-                if row.price > 0:
-                    back = await ledger.release(session, key_id, job_id, fee=min(fee, row.price),
-                                                note=code)
-                    row.charged = row.price - back
                 else:
-                    row.charged = 0
-                stage = Stage.RELEASED
-            row.stage = stage.value
-            row.timeline = [*row.timeline, {"stage": stage.value, "at": now.isoformat()}]
-            if self.outbox is not None:
-                queued = await self.outbox.add(session, row)
-        if queued is not None and self.outbox is not None:
+                    await ledger.release(session, row.key_id, row.id, fee=charged, note=code)
+            queued = await self.outbox.add(session, final) if self.outbox is not None else None
+            return True, queued is not None
+
+        done, queued = await self.writer.run(work)
+        if not done:
+            return False
+        for key, value in changes.items():
+            setattr(row, key, value)
+        if queued and self.outbox is not None:
             self.outbox.notify()
         return True
 
-    async def _fail(self, job_id: str, code: str, message: str, *, fee: int = 0) -> None:
-        row = await self.get(job_id)
-        if row is None:
-            return
-        log.info("job %s failed: %s: %s", job_id, code, message)
-        await self._finish(job_id, row.key_id, JobStatus.FAILED, code=code, message=message,
-                           fee=fee)
+    async def _fail(self, row: JobRow, code: str, message: str, *, fee: int = 0) -> None:
+        log.info("job %s failed: %s: %s", row.id, code, message)
+        await self._finish(row, JobStatus.FAILED, code=code, message=message, fee=fee)
 
     # -- leases: start-up, heartbeat, adoption, shutdown ------------------------------------
     def _lease_end(self, now: datetime) -> datetime:
@@ -719,23 +796,29 @@ class JobService:
         return adopted
 
     async def _adopt(self) -> int:
-        """Claim (one guarded UPDATE each) and start the jobs whose lease has passed."""
+        """Claim (one guarded UPDATE each, in one transaction) and start the jobs whose lease
+        has passed."""
         async with self.sessions() as session:
-            ids = await leases.expired_ids(session, _now())
-        adopted = 0
-        for job_id in ids:
-            if job_id in self._running:  # ours: the heartbeat was late, and renews it
-                continue
-            now = _now()
-            async with self.sessions.begin() as session:
-                if not await leases.claim(session, job_id, self.runner_id, now,
-                                          self._lease_end(now)):
-                    continue  # another replica was first, or it ended meanwhile
-            self.start(job_id)
-            adopted += 1
-        if adopted:
-            log.info("adopted %d unfinished jobs", adopted)
-        return adopted
+            ids = [i for i in await leases.expired_ids(session, _now())
+                   if i not in self._running]  # ours: the heartbeat was late, and renews it
+        if not ids:
+            return 0
+        now = _now()
+
+        async def work(session: AsyncSession) -> list[str]:
+            return [job_id for job_id in ids
+                    if await leases.claim(session, job_id, self.runner_id, now,
+                                          self._lease_end(now))]
+
+        claimed = await self.writer.run(work)  # others: another replica was first, or ended
+        async with self.sessions() as session:
+            rows = (await session.execute(select(JobRow).where(JobRow.id.in_(claimed))
+                                          .order_by(JobRow.created_at))).scalars().all()
+        for row in rows:
+            self.start(row, adopted=True)
+        if rows:
+            log.info("adopted %d unfinished jobs", len(rows))
+        return len(rows)
 
     async def _adopt_forever(self) -> None:
         while True:
@@ -747,25 +830,28 @@ class JobService:
 
     async def _renew_leases(self) -> None:
         """The heartbeat: every lease/3 s, renew the leases of the jobs running here (one
-        UPDATE). A job whose lease another runner took (this process stalled past its lease)
-        runs there now: its task here is stopped, and the job is not failed."""
+        UPDATE). A job that ended elsewhere (canceled through another replica) or whose lease
+        another runner took (this process stalled past its lease) is no longer this
+        process's: its task here is stopped, and the job is not failed."""
         while True:
             await asyncio.sleep(self.settings.lease / 3)
             ids = list(self._running)
             if not ids:
                 continue
+            until = self._lease_end(_now())
             try:
-                async with self.sessions.begin() as session:
-                    lost = await leases.renew(session, ids, self.runner_id,
-                                              self._lease_end(_now()))
+                lost = await self.writer.run(functools.partial(
+                    leases.renew, job_ids=ids, runner=self.runner_id, until=until))
             except Exception:  # harmless until a whole lease passes without a renewal
                 log.exception("renewing job leases failed")
                 continue
             for job_id in lost:
-                task = self._running.get(job_id)
-                if task is not None:
-                    log.warning("job %s: its lease passed to another runner; stopped here",
-                                job_id)
+                task, live = self._running.get(job_id), self._live.get(job_id)
+                # (a job that simply finished here during the renewal is not "lost")
+                if task is not None and not task.done() and live is not None \
+                        and not JobStatus(live.status).terminal:
+                    log.warning("job %s: it ended elsewhere, or its lease passed to another "
+                                "runner; stopped here", job_id)
                     task.cancel()
 
     async def close(self, *, release: bool = True) -> None:
@@ -782,8 +868,8 @@ class JobService:
         if not release:
             return
         try:
-            async with self.sessions.begin() as session:
-                released = await leases.release(session, self.runner_id)
+            released = await self.writer.run(
+                lambda session: leases.release(session, self.runner_id))
         except Exception:  # shutdown goes on; the leases then pass on their own
             log.exception("releasing job leases failed")
             return

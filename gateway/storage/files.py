@@ -32,6 +32,10 @@ class StoredFile:
     height: int | None
 
 
+def stored_file(row: FileRow) -> StoredFile:
+    return StoredFile(row.id, row.ext, row.content_type, row.size, row.width, row.height)
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header, or None when Pillow cannot read it."""
     try:
@@ -50,25 +54,35 @@ class FileStore:
         self.sessions = sessions
         self.signer = signer
 
-    async def put(self, data: bytes, content_type: str, *, kind: str, job_id: str | None = None,
-                  key_id: str | None = None, size: tuple[int, int] | None = None,
-                  name: str | None = None, meta: dict[str, Any] | None = None) -> StoredFile:
-        """Store `data` and record it (with an upload's client-side `name` and `meta`);
-        answers the file's id and facts."""
+    async def stage(self, data: bytes, content_type: str, *, kind: str,
+                    job_id: str | None = None, key_id: str | None = None,
+                    size: tuple[int, int] | None = None, name: str | None = None,
+                    meta: dict[str, Any] | None = None) -> FileRow:
+        """Store `data` and answer its row, NOT yet recorded: the caller inserts it in its own
+        transaction (the job pipeline writes a job's files with the job). A blob whose row is
+        never committed (a crash in between) is an orphan for the storage sweep."""
         file_id = f"file_{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}"
         ext = EXT_BY_TYPE.get(content_type, "bin")
         if size is None:
             size = await anyio.to_thread.run_sync(image_size, data)
         storage_key = f"{kind}/{datetime.now(UTC):%Y/%m/%d}/{file_id}.{ext}"
         await self.storage.put(storage_key, data, content_type)
-        row = FileRow(id=file_id, kind=kind, job_id=job_id, key_id=key_id, ext=ext,
-                      content_type=content_type, size=len(data),
-                      width=size[0] if size else None, height=size[1] if size else None,
-                      sha256=hashlib.sha256(data).hexdigest(), storage_key=storage_key,
-                      created_at=datetime.now(UTC), name=name, meta=meta)
+        return FileRow(id=file_id, kind=kind, job_id=job_id, key_id=key_id, ext=ext,
+                       content_type=content_type, size=len(data),
+                       width=size[0] if size else None, height=size[1] if size else None,
+                       sha256=hashlib.sha256(data).hexdigest(), storage_key=storage_key,
+                       created_at=datetime.now(UTC), name=name, meta=meta)
+
+    async def put(self, data: bytes, content_type: str, *, kind: str, job_id: str | None = None,
+                  key_id: str | None = None, size: tuple[int, int] | None = None,
+                  name: str | None = None, meta: dict[str, Any] | None = None) -> StoredFile:
+        """Store `data` and record it (with an upload's client-side `name` and `meta`) in a
+        transaction of its own; answers the file's id and facts."""
+        row = await self.stage(data, content_type, kind=kind, job_id=job_id, key_id=key_id,
+                               size=size, name=name, meta=meta)
         async with self.sessions.begin() as session:
             session.add(row)
-        return StoredFile(file_id, ext, content_type, len(data), row.width, row.height)
+        return stored_file(row)
 
     async def row(self, file_id: str) -> FileRow:
         async with self.sessions() as session:
@@ -76,6 +90,10 @@ class FileStore:
         if row is None:
             raise NotFound(f"No file {file_id!r}.", code="file_not_found")
         return row
+
+    async def blob(self, storage_key: str) -> bytes:
+        """A stored file's bytes by its storage key (no database read)."""
+        return await self.storage.get(storage_key)
 
     async def read(self, file_id: str) -> tuple[FileRow, bytes]:
         row = await self.row(file_id)

@@ -306,3 +306,34 @@ async def test_submit_past_its_deadline_is_ambiguous(client: httpx.AsyncClient,
         await adapter.submit(UpstreamRequest(model="flux-kontext-pro", prompt="x"))
     assert len(seen) == 1
     assert route.call_count == 0
+
+
+@pytest.mark.parametrize("polling_url", [
+    "https://evil.example/v1/get_result?id=task-123",
+    "http://api.eu.bfl.ai/v1/get_result?id=task-123",  # the key in clear text
+    "https://api.bfl.ai.evil.example/v1/get_result?id=task-123",
+    "https://user@api.eu.bfl.ai/v1/get_result?id=task-123",
+    "https://api.eu.bfl.ai:8443/v1/get_result?id=task-123",
+    "http://127.0.0.1:9/v1/get_result?id=task-123",
+])
+async def test_polling_url_off_bfl_hosts_fails_uncontacted(
+        client: httpx.AsyncClient, mock: respx.MockRouter, polling_url: str) -> None:
+    """polling_url gets the key: only the channel's origin or https *.bfl.ai is polled."""
+    job = await make(client).poll(UpstreamJob(id="task-123", poll_url=polling_url,
+                                              handle={"polling_url": polling_url}))
+    assert job.state is UpstreamState.FAILED
+    assert job.error_code == "polling_url_not_allowed"
+    assert len(mock.calls) == 0
+
+
+async def test_polling_url_on_the_channel_origin_or_another_bfl_region(
+        client: httpx.AsyncClient, mock: respx.MockRouter) -> None:
+    pending = httpx.Response(200, json={"id": "t", "status": "Pending", "result": None})
+    own = mock.get("https://reseller.example/bfl/v1/get_result").mock(return_value=pending)
+    region = mock.get("https://gateway.bfl.ai/v1/get_result").mock(return_value=pending)
+    reseller = make(client, "https://reseller.example/bfl")
+    for url in ("https://reseller.example/bfl/v1/get_result?id=t",
+                "https://gateway.bfl.ai/v1/get_result?id=t"):
+        job = await reseller.poll(UpstreamJob(id="t", poll_url=url))
+        assert job.state is UpstreamState.PENDING
+    assert own.call_count == 1 and region.call_count == 1

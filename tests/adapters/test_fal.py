@@ -281,3 +281,20 @@ async def test_an_unknown_status_without_error_keeps_polling(client: httpx.Async
     assert job.state is UpstreamState.PENDING and job.error_code is None
     job = await adapter.poll(job)
     assert job.state is UpstreamState.SUCCEEDED
+
+
+@pytest.mark.parametrize("field", ["status_url", "response_url"])
+async def test_queue_urls_on_another_host_get_no_key(client: httpx.AsyncClient,
+                                                     mock: respx.MockRouter, field: str) -> None:
+    """status/response/cancel URLs carry the key: on another host the job fails, uncontacted."""
+    handle: dict[str, str | int | float | bool | None] = {
+        "status_url": STATUS, "response_url": RESULT,
+        "cancel_url": "https://evil.example/cancel"}
+    handle[field] = "http://127.0.0.1:9/fal-ai/flux-pro/requests/x"
+    adapter = make(client)
+    job = UpstreamJob(id=RID, poll_url=str(handle["status_url"]), handle=handle)
+    await adapter.cancel(job)
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.FAILED
+    assert job.error_code == "polling_url_not_allowed"
+    assert len(mock.calls) == 0

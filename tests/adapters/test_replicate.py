@@ -285,3 +285,20 @@ async def test_an_unknown_status_without_error_keeps_polling(client: httpx.Async
     assert job.state is UpstreamState.PENDING and job.error_code is None
     job = await adapter.poll(job)
     assert job.state is UpstreamState.SUCCEEDED
+
+
+async def test_urls_on_another_host_get_no_token(client: httpx.AsyncClient,
+                                                 mock: respx.MockRouter) -> None:
+    """urls.get/urls.cancel carry the token: on another host the job fails, uncontacted."""
+    body = prediction("starting")
+    body["urls"] = {"get": "https://evil.example/v1/predictions/p",
+                    "cancel": "http://127.0.0.1:9/v1/predictions/p/cancel"}
+    mock.post(f"{API}/models/black-forest-labs/flux-kontext-pro/predictions").mock(
+        return_value=httpx.Response(201, json=body))
+    adapter = make(client, wait=0)
+    job = await adapter.submit(UpstreamRequest(model="flux-kontext-pro", prompt="x"))
+    await adapter.cancel(job)
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.FAILED
+    assert job.error_code == "polling_url_not_allowed"
+    assert len(mock.calls) == 1  # the create only

@@ -4,6 +4,7 @@ without an allow-list, loopback and metadata addresses are refused before any co
 from __future__ import annotations
 
 import base64
+import socket
 from typing import Any
 
 import httpx
@@ -101,3 +102,29 @@ def test_edit_urls_go_through_the_same_guard(gateway_factory: Any,
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["code"] == "url_not_allowed"
     assert image_server.hits == []
+
+
+def test_fetch_allow_entry_with_a_port_opens_that_port_only(gateway_factory: Any,
+                                                            image_server: ImageServer) -> None:
+    """`limits.fetch_allow: ["127.0.0.1:PORT"]` (issue 17 item 7): an image on that port is
+    fetched; the same host on another port is refused before any connection."""
+    port = int(image_server.base_url.rsplit(":", 1)[1])
+    gw = gateway_factory(limits={"fetch_allow": [f"127.0.0.1:{port}"]})
+    _, key = gw.create_key()
+    url = image_server.add("cat.png", png_bytes())
+
+    def edit(image_url: str) -> httpx.Response:
+        return httpx.post(f"{gw.base_url}/v1/images/generations", timeout=60,
+                          headers={"authorization": f"Bearer {key}"},
+                          json={"model": "flux-kontext-pro", "prompt": "edit it",
+                                "input_image": image_url, "response_format": "url"})
+
+    with socket.socket() as closed:  # a free port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        other = closed.getsockname()[1]
+    refused = edit(f"http://127.0.0.1:{other}/cat.png")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "url_not_allowed"
+    resp = edit(url)
+    assert resp.status_code == 200, resp.text
+    assert image_server.hits == ["cat.png"]

@@ -78,3 +78,25 @@ def test_allow_list() -> None:
     assert not allow.allows_address(ipaddress.ip_address("127.0.0.2"))
     with pytest.raises(ValueError, match="fetch_allow"):
         AllowList.parse(["http://x/"])
+
+
+def test_allow_list_entries_with_ports() -> None:
+    allow = AllowList.parse(["127.0.0.1:8080", "[::1]:9000", "cdn.example:8443", "*.corp:81",
+                             "10.0.0.0/8:5000", "any.example"])
+    loop4, loop6 = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")
+    assert allow.allows_address(loop4, 8080) and not allow.allows_address(loop4, 8081)
+    assert not allow.allows_address(loop4)  # a ported entry never matches "any port"
+    assert allow.allows_address(loop6, 9000) and not allow.allows_address(loop6, 80)
+    assert allow.allows_address(ipaddress.ip_address("::ffff:127.0.0.1"), 8080)
+    assert allow.allows_address(ipaddress.ip_address("10.1.2.3"), 5000)
+    assert not allow.allows_address(ipaddress.ip_address("10.1.2.3"), 5001)
+    assert allow.allows_host("CDN.example.", 8443) and not allow.allows_host("cdn.example", 443)
+    assert allow.allows_host("a.corp", 81) and not allow.allows_host("a.corp", 80)
+    assert allow.allows_host("any.example", 1234) and allow.allows_host("any.example")
+
+
+@pytest.mark.parametrize("entry", ["host:0", "host:65536", "host:http", ":80", "[::1]:x",
+                                   "a:b:c/d", "http://x/"])
+def test_allow_list_bad_ports_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match="result_hosts"):
+        AllowList.parse([entry], setting="result_hosts")

@@ -257,6 +257,29 @@ async def test_allow_list_by_cidr_and_by_name() -> None:
     assert srv.connections == 2
 
 
+async def test_allow_list_entry_with_a_port_allows_that_port_only() -> None:
+    """`host:port` entries (issue 17 item 7): the named port is reachable, the same host on
+    another port is refused with 0 connections, for an IP, a name and a bracketed IPv6."""
+    async with Server(serve_ok) as srv, Server(serve_ok) as other:
+        resolver = CountingResolver({"files.corp": [["127.0.0.1"]]})
+        for entry, url in ((f"127.0.0.1:{srv.port}", srv.url),
+                           (f"files.corp:{srv.port}", f"http://files.corp:{srv.port}"),
+                           (f"*.corp:{srv.port}", f"http://files.corp:{srv.port}")):
+            async with fetcher(allow=[entry], resolver=resolver) as f:
+                assert await f.fetch(f"{url}/a.png", param="image") == PNG
+                other_url = url.replace(str(srv.port), str(other.port))
+                with pytest.raises(InvalidRequest) as info:
+                    await f.fetch(f"{other_url}/a.png", param="image")
+                assert info.value.code == "url_not_allowed"
+        assert srv.connections == 3 and other.connections == 0
+        if len(srv._servers) > 1:  # the host listens on ::1 too
+            async with fetcher(allow=[f"[::1]:{srv.port}"]) as f:
+                assert await f.fetch(f"http://[::1]:{srv.port}/a.png", param="image") == PNG
+                with pytest.raises(InvalidRequest):
+                    await f.fetch(f"http://[::1]:{other.port}/a.png", param="image")
+    assert other.connections == 0
+
+
 async def test_endless_chunked_body_aborted_at_the_cap() -> None:
     async def endless(request: Request, writer: asyncio.StreamWriter) -> None:
         await srv.send(writer, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")

@@ -33,11 +33,13 @@ PNG = png()
 
 
 def channels(**a_extra: Any) -> list[dict[str, Any]]:
+    # the result hosts (delivery.a.bfl.test...) do not resolve and are not BFL's own *.bfl.ai:
+    # each channel lists them, as an operator lists a reseller's CDN
     return [
         {"name": "A", "type": "bfl", "base_url": A, "api_key_env": "A_KEY", "priority": 1,
-         "max_concurrency": 500, **a_extra},
+         "max_concurrency": 500, "result_hosts": ["*.a.bfl.test"], **a_extra},
         {"name": "B", "type": "bfl", "base_url": B, "api_key_env": "B_KEY", "priority": 1,
-         "max_concurrency": 500},
+         "max_concurrency": 500, "result_hosts": ["*.b.bfl.test"]},
     ]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 def sandbox_channel(name: str, **fields: Any) -> Channel:
@@ -151,13 +144,13 @@ async def _attempt(router: Router, req: UpstreamRequest) -> str:
     return "none"
 
 
-async def test_dead_channel_is_skipped_then_probed_once(client: httpx.AsyncClient) -> None:
+async def test_dead_channel_is_skipped_then_probed_once() -> None:
     clock = FakeClock()
     cfg = settings(
         {"name": "a", "type": "bfl", "base_url": "https://a.example", "priority": 10,
          "api_key_env": "A_KEY"},
         {"name": "b", "type": "bfl", "base_url": "https://b.example", "api_key_env": "B_KEY"})
-    router = build_router(cfg, client, env={"A_KEY": "ka", "B_KEY": "kb"},
+    router = build_router(cfg, env={"A_KEY": "ka", "B_KEY": "kb"},
                           rng=random.Random(0), clock=clock)
     ok = httpx.Response(200, json={"id": "t", "polling_url": "https://b.example/v1/get_result?id=t"})
     req = UpstreamRequest(model="flux-kontext-pro", prompt="x")
@@ -216,8 +209,8 @@ async def test_concurrency_cap_under_50_acquirers() -> None:
     assert await _run(ch, 50, None) == 5
 
 
-async def test_bfl_defaults_24_and_6_for_max(client: httpx.AsyncClient) -> None:
-    router = build_router(settings({"name": "bfl", "type": "bfl"}), client,
+async def test_bfl_defaults_24_and_6_for_max() -> None:
+    router = build_router(settings({"name": "bfl", "type": "bfl"}),
                           env={"BFL_API_KEY": "k"})
     ch = router.channels[0]
     assert ch.max_concurrency == 24
@@ -226,9 +219,9 @@ async def test_bfl_defaults_24_and_6_for_max(client: httpx.AsyncClient) -> None:
     assert await _run(ch, 50, "flux-kontext-pro") == 24
 
 
-async def test_configured_model_cap(client: httpx.AsyncClient) -> None:
+async def test_configured_model_cap() -> None:
     router = build_router(settings({"name": "s", "type": "sandbox", "max_concurrency": 10,
-                                    "model_concurrency": {"flux-kontext-max": 2}}), client, env={})
+                                    "model_concurrency": {"flux-kontext-max": 2}}), env={})
     assert await _run(router.channels[0], 50, "flux-kontext-max") == 2
 
 
@@ -247,8 +240,8 @@ async def test_cancelled_waiter_gives_back_its_model_slot() -> None:
 
 # --- zero-config and build ---------------------------------------------------------------------
 
-async def test_zero_config_channels_from_env(client: httpx.AsyncClient) -> None:
-    router = build_router(Settings(), client,
+async def test_zero_config_channels_from_env() -> None:
+    router = build_router(Settings(),
                           env={"FAL_KEY": "f", "BFL_API_KEY": "b", "REPLICATE_API_TOKEN": "r"})
     assert [c.name for c in router.channels] == ["bfl", "fal", "replicate"]
     assert all(c.disabled_reason is None for c in router.channels)
@@ -261,30 +254,30 @@ async def test_zero_config_channels_from_env(client: httpx.AsyncClient) -> None:
     assert router.get("sandbox") is router.test_channel
 
 
-async def test_one_credential_one_channel(client: httpx.AsyncClient) -> None:
-    router = build_router(Settings(), client, env={"REPLICATE_API_TOKEN": "r8_x"})
+async def test_one_credential_one_channel() -> None:
+    router = build_router(Settings(), env={"REPLICATE_API_TOKEN": "r8_x"})
     assert [(c.name, c.kind) for c in router.channels] == [("replicate", "replicate")]
 
 
-async def test_no_credentials_sandbox_serves_everything(client: httpx.AsyncClient) -> None:
-    router = build_router(Settings(), client, env={})
+async def test_no_credentials_sandbox_serves_everything() -> None:
+    router = build_router(Settings(), env={})
     assert [c.kind for c in router.channels] == ["sandbox"]
     assert set(router.models()) == {"flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev"}
     assert router.test_channel is router.channels[0]
 
 
-async def test_configured_channels_win_over_env(client: httpx.AsyncClient) -> None:
+async def test_configured_channels_win_over_env() -> None:
     cfg = settings({"name": "sbx", "type": "sandbox"},
                    {"name": "reseller", "type": "openai", "base_url": "https://r.example",
                     "api_key_env": "R_KEY", "models": {"flux-kontext-pro": "flux-kontext-pro"}})
-    router = build_router(cfg, client, env={"BFL_API_KEY": "b", "R_KEY": "k"})
+    router = build_router(cfg, env={"BFL_API_KEY": "b", "R_KEY": "k"})
     assert [c.name for c in router.channels] == ["sbx", "reseller"]
     assert router.test_channel is router.channels[0]
 
 
-async def test_missing_secret_disables_with_reason(client: httpx.AsyncClient) -> None:
+async def test_missing_secret_disables_with_reason() -> None:
     router = build_router(settings({"name": "eu", "type": "bfl",
-                                    "base_url": "https://api.eu.bfl.ai"}), client, env={})
+                                    "base_url": "https://api.eu.bfl.ai"}), env={})
     ch = router.channels[0]
     assert ch.disabled_reason is not None and "BFL_API_KEY" in ch.disabled_reason
     assert router.candidates("flux-kontext-pro") == []
@@ -295,16 +288,15 @@ async def test_missing_secret_disables_with_reason(client: httpx.AsyncClient) ->
     {"name": "x", "type": "openai"},  # no base_url
     {"name": "x", "type": "local_worker"},  # no adapter in this build
 ])
-async def test_bad_channel_is_a_config_error(client: httpx.AsyncClient,
-                                             channel: dict[str, Any]) -> None:
+async def test_bad_channel_is_a_config_error(channel: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"channels\.x"):
-        build_router(settings(channel), client, env={"BFL_API_KEY": "k"})
+        build_router(settings(channel), env={"BFL_API_KEY": "k"})
 
 
-async def test_config_example_channels_build(client: httpx.AsyncClient) -> None:
+async def test_config_example_channels_build() -> None:
     cfg = load_settings(EXAMPLE_CONFIG)
     env = {"BFL_API_KEY": "b", "FAL_KEY": "f", "REPLICATE_API_TOKEN": "r"}
-    router = build_router(cfg, client, env=env, rng=random.Random(0))
+    router = build_router(cfg, env=env, rng=random.Random(0))
     assert {c.kind for c in router.channels} == {"bfl", "fal", "replicate", "openai", "comfyui",
                                                    "sandbox"}
     assert [c.name for c in router.candidates("flux-kontext-pro")] == ["bfl", "fal", "replicate"]
