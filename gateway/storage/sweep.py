@@ -1,11 +1,13 @@
 """The orphan sweep: stored objects with no file row, and file rows no job references.
 
-Crashes leave two kinds of leftovers (issue 17 item 6): an object written whose `FileRow` was
-never committed (the bytes are stored first), or a half-written `.name.uuid.tmp` of local
-storage; and a file row that no job points to (inputs stored by an order whose jobs were never
-created, e.g. refused for funds; an output stored by a job that then crashed, whose restart
-stored another copy). The sweep relies only on the `files` and `jobs` tables and the storage
-listing (`Storage.scan`), never on how the file store writes.
+Crashes and refusals leave two kinds of leftovers (issue 17 item 6): an object written whose
+`FileRow` was never committed (the bytes are stored first and the row is written with the job:
+a crash in between, or an order refused for funds after its inputs were stored), or a
+half-written `.name.uuid.tmp` of local storage; and a file row that no job points to (an
+output recorded for a job that does not list it, rows of jobs that are gone, rows written
+by versions that recorded files in transactions of their own). The sweep relies only on the
+`files` and `jobs` tables and the storage listing (`Storage.scan`), never on how the file
+store writes.
 
 `find_orphans` reports them; `sweep` removes them. The rules:
 

@@ -93,6 +93,24 @@ def test_stream_must_be_a_boolean(gateway: Gateway, api_key: str, value: Any) ->
     assert jobs_of(gateway) == []
 
 
+@pytest.mark.parametrize("value", ["yes", 1, "1", "on"])
+def test_image_stream_must_be_true_or_false(gateway: Gateway, api_key: str,
+                                            value: Any) -> None:
+    """Generations (JSON) and edits (multipart, where `true`/`false` arrive as text)."""
+    gen = httpx.post(f"{gateway.base_url}/v1/images/generations", headers=bearer(api_key),
+                     timeout=60, json={"model": "flux-kontext-pro", "prompt": "a fox",
+                                       "stream": value})
+    assert gen.status_code == 400, gen.text
+    assert gen.json()["error"]["param"] == "stream"
+    edit = httpx.post(f"{gateway.base_url}/v1/images/edits", headers=bearer(api_key),
+                      timeout=60, data={"model": "flux-kontext-pro", "prompt": "a fox",
+                                        "stream": str(value)},
+                      files={"image": ("in.png", png_bytes(), "image/png")})
+    assert edit.status_code == 400, edit.text
+    assert edit.json()["error"]["param"] == "stream"
+    assert jobs_of(gateway) == []
+
+
 # animated inputs -----------------------------------------------------------------------------
 
 def animated(fmt: str) -> bytes:

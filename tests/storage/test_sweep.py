@@ -118,14 +118,17 @@ def data_url(data: bytes) -> str:
 
 
 def refused_for_funds(gw: Gateway) -> set[str]:
-    """A BFL-style order with an input image from a key with no money: 402, and the input it
-    stored before the charge was refused is left with no job. Answers that input's file ids."""
+    """A BFL-style order with an input image from a key with no money: 402, and the input's
+    bytes, stored before the charge was refused, are left without a row (the row is written
+    with the job, which never came to be). Answers their storage keys."""
     key_id, key = gw.create_key("broke", balance=0)
+    before = stored_keys(gw)
     resp = httpx.post(f"{gw.base_url}/v1/flux-kontext-pro", headers={"x-key": key}, timeout=30,
                       json={"prompt": "a fox", "input_image": data_url(png_bytes())})
     assert resp.status_code == 402, resp.text
-    left = {i for i, r in file_rows(gw).items() if r.key_id == key_id}
-    assert left and all(file_rows(gw)[i].kind == "input" for i in left)
+    left = stored_keys(gw) - before
+    assert left and all(k.startswith("input/") for k in left)
+    assert not [r for r in file_rows(gw).values() if r.key_id == key_id]
     return left
 
 
@@ -185,8 +188,9 @@ def test_crash_leftovers_are_removed_after_the_grace_period(
         (gw.settings.files_dir / half).write_bytes(b"\x89PNG half")
         rowless.add(half)
     stray_output = row_and_blob(gw, "output", job_id=job.id, key_id=key_id)  # before a restart
-    refused = refused_for_funds(gw)
-    unreferenced = {stray_output, *refused}
+    stray_input = row_and_blob(gw, "input", job_id=None, key_id=key_id)  # named by no job
+    rowless |= refused_for_funds(gw)
+    unreferenced = {stray_output, stray_input}
 
     assert find(gw, later=False).total == 0  # all of it is younger than the grace period
     found = find(gw)
@@ -321,29 +325,31 @@ def test_reconcile_reports_and_removes_with_apply(
     gw = gateway_factory(data_dir, database_url=any_database, storage={"sweep_interval": 0})
     refused = refused_for_funds(gw)
     rowless, young = blob_without_row(gw), blob_without_row(gw)
-    _age(gw, refused, {rowless}, timedelta(hours=2))
-    refused_keys = {file_rows(gw)[i].storage_key for i in refused}
+    stray = row_and_blob(gw, "output", job_id="job_gone", key_id=None)  # its job is gone
+    _age(gw, {stray}, {rowless, *refused}, timedelta(hours=2))
+    stray_key = file_rows(gw)[stray].storage_key
     gw.stop()
     env = {"FLUXGATE_DATA_DIR": str(data_dir), "FLUXGATE_DATABASE_URL": any_database}
     runner = CliRunner()
 
     report = runner.invoke(cli_app, ["storage", "reconcile"], env=env)
     assert report.exit_code == 0, report.output
-    assert f"object without a file row: {rowless}" in report.output
-    for file_id in refused:
-        assert f"file row no job references: {file_id}" in report.output
+    for key in (rowless, *refused):
+        assert f"object without a file row: {key}" in report.output
+    assert f"file row no job references: {stray} ({stray_key})" in report.output
     assert young not in report.output
-    assert (f"found 1 objects without a file row and {len(refused)} file rows no job "
+    objects = 1 + len(refused)
+    assert (f"found {objects} objects without a file row and 1 file rows no job "
             "references, older than 3600 s") in report.output
     assert "--apply" in report.output
     files = data_dir / "files"
-    assert (files / rowless).exists() and all((files / k).exists() for k in refused_keys)
+    doomed = {rowless, stray_key, *refused}
+    assert all((files / k).exists() for k in doomed)
 
     applied = runner.invoke(cli_app, ["storage", "reconcile", "--apply"], env=env)
     assert applied.exit_code == 0, applied.output
-    assert f"removed 1 objects without a file row and {len(refused)} file rows" \
-        in applied.output
-    assert not (files / rowless).exists() and not any((files / k).exists() for k in refused_keys)
+    assert f"removed {objects} objects without a file row and 1 file rows" in applied.output
+    assert not any((files / k).exists() for k in doomed)
     assert (files / young).exists()
 
     again = runner.invoke(cli_app, ["storage", "reconcile"], env=env)
