@@ -76,15 +76,15 @@ class WebhookService:
 
         Raises InvalidRequest: `url_not_allowed` (SSRF policy) or `invalid_webhook_url`
         naming `webhook_url`, `invalid_webhook_secret` naming `webhook_secret`."""
-        if url is None or not url.strip():
-            return None, None
-        url = url.strip()
-        if secret:
+        if secret:  # checked with or without a URL: a secret no verifier can use is an error
             try:
                 parse_secret(secret)
             except SecretError as exc:
                 raise InvalidRequest(f"webhook_secret: {exc}.", param="webhook_secret",
                                      code="invalid_webhook_secret") from exc
+        if url is None or not url.strip():
+            return None, None
+        url = url.strip()
         shown = url if len(url) <= 200 else url[:200] + "..."
         try:
             if len(url) > MAX_URL_CHARS:

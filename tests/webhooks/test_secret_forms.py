@@ -96,3 +96,21 @@ def test_a_secret_no_verifier_can_use_is_a_400_before_any_job(
     assert bfl.status_code == 422, bfl.text  # BFL's validation shape
     assert bfl.json()["detail"][0]["loc"] == ["body", "webhook_secret"]
     assert jobs_count(gw) == 0 and receiver.requests == []
+
+
+def test_a_bad_secret_is_refused_even_without_a_url_and_the_schema_says_which(
+        gateway_factory: Any) -> None:
+    import re
+
+    gw = gateway_factory(**FAST)
+    key = gw.create_key("wh", balance=1_000_000)[1]
+    resp = generate(gw, key, webhook_secret="reseller-secret-42")
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "webhook_secret"
+    assert jobs_count(gw) == 0
+    doc = httpx.get(f"{gw.base_url}/openapi.json", timeout=30).json()
+    pattern = doc["components"]["schemas"]["ImageGenerationRequest"]["properties"][
+        "webhook_secret"]["pattern"]
+    for secret in FORMS.values():
+        assert re.fullmatch(pattern, secret), secret
+    for bad in ("reseller-secret-42", "my secret", "abcde", "whsec_!!"):
+        assert not re.fullmatch(pattern, bad), bad
