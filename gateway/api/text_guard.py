@@ -71,8 +71,9 @@ def _document(node: object) -> None:
     if is_string and "pattern" not in node and "enum" not in node and "const" not in node \
             and node.get("format") not in ("binary", "byte"):
         node["pattern"] = NUL_FREE
-    if types == "object" and node.get("additionalProperties") not in (None, False) \
-            and "propertyNames" not in node:
+    is_object = types == "object" or (types is None and "properties" in node)
+    if is_object and node.get("additionalProperties") is not False \
+            and "propertyNames" not in node:  # open objects (JSON Schema's default too)
         node["propertyNames"] = {"pattern": NUL_FREE}
     for value in node.values():
         _document(value)
