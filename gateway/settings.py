@@ -121,6 +121,11 @@ class StorageSettings(BaseModel):
     s3: S3Settings = Field(default_factory=S3Settings)  # kind s3: the bucket
     url_ttl: int = Field(default=7 * 24 * 3600, ge=60)  # seconds a signed file URL stays valid
     signing_secret: str | None = None  # default: generated once into $data_dir/secret.key
+    # seconds between orphan sweeps (gateway/storage/sweep.py); 0 = off
+    sweep_interval: float = Field(default=3600.0, ge=0)
+    # an object or file row is an orphan only once it is this old (seconds); the sweep never
+    # uses less than jobs.deadline + jobs.download_timeout (gateway/storage/sweep.py)
+    sweep_grace: float = Field(default=3600.0, ge=60)
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> StorageSettings:
@@ -175,11 +180,27 @@ class DatabaseSettings(BaseModel):
     pool_timeout: float = Field(default=30.0, gt=0)
 
 
+class PromptLimits(BaseModel):
+    """The longest prompt, in characters (Unicode code points), per API family."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    openai: int = Field(default=32_000, ge=1)  # images + chat: OpenAI's gpt-image-1 limit
+    bfl: int = Field(default=10_000, ge=1)  # BFL documents none; Kontext reads ~512 tokens
+    replicate: int = Field(default=10_000, ge=1)  # Replicate documents none either
+
+    def for_surface(self, surface: str) -> int:
+        """The limit of a job surface (`openai.images`, `openai.chat`, `bfl`, `replicate`)."""
+        family = surface.partition(".")[0]
+        return int(getattr(self, family, self.openai))
+
+
 class LimitSettings(BaseModel):
     """Input limits."""
 
     model_config = ConfigDict(extra="forbid")
 
+    max_prompt_chars: PromptLimits = Field(default_factory=PromptLimits)
     max_input_images: int = Field(default=4, ge=1, le=8)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=20_000_000, ge=1024)

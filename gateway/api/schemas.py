@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictBool,
     WithJsonSchema,
     model_serializer,
 )
@@ -56,8 +57,14 @@ OutputFormatField = Annotated[str | None, _documented(
     {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]}, "png, jpeg or webp.")]
 ResponseFormat = Annotated[str | None, _documented(
     {"type": "string", "enum": ["url", "b64_json"]}, "url or b64_json; absent: both.")]
-#: a prompt with some text (an empty or blank prompt is refused)
-PROMPT_SCHEMA: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
+#: a Standard Webhooks secret: `whsec_` and base64 (or the base64 alone) of at least 9 bytes
+#: (the server's floor is 8; see gateway/webhooks/signing.py), or empty for none
+WEBHOOK_SECRET_SCHEMA: dict[str, Any] = {
+    "maxLength": 256, "description": "whsec_ followed by base64, or the base64 alone",
+    "pattern": "^$|^(whsec_)?([A-Za-z0-9+/]{4}){3,}([A-Za-z0-9+/]{2}(==)?|[A-Za-z0-9+/]{3}=?)?$"}
+#: a prompt with some text (an empty or blank prompt is refused) and no NUL character
+PROMPT_SCHEMA: dict[str, Any] = {"minLength": 1,
+                                 "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"}
 
 
 class KontextImageFields(BaseModel):
@@ -79,7 +86,7 @@ class KontextImageFields(BaseModel):
     safety_tolerance: Safety = None
     prompt_upsampling: Flag = None
     webhook_url: str | None = None
-    webhook_secret: str | None = None
+    webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)
     # answer 202 with a task to poll (gateway/api/tasks.py); also `Prefer: respond-async`
     async_: Flag = Field(default=None, alias="async")
     # answer as OpenAI's image stream (gateway/api/image_stream.py)
@@ -143,7 +150,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None  # booleans are JSON booleans (not "yes")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -154,7 +161,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool | None = False
+    stream: StrictBool | None = False  # true or false only: "yes" or 1 is a 400
     stream_options: StreamOptions | None = None
     n: Loose = None
     user: str | None = None

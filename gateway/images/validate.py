@@ -201,3 +201,14 @@ def validate_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
             lost = "; its C2PA content credentials were not kept" if has_c2pa(original) else ""
             notes.append(f"{param}: {why}; sent upstream re-encoded {how}{lost}")
         return InputImage(data=data, mime=mime, width=width, height=height)
+
+
+def animation(data: bytes) -> str | None:
+    """The format of an animated image (`GIF`, `WEBP`, `PNG` for APNG) with more than one
+    frame, or None for a still or unreadable one. Reads the header and seeks one frame."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return str(im.format) if getattr(im, "is_animated", False) else None
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError):
+        return None
+

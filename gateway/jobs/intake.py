@@ -165,6 +165,17 @@ def parse_bool(value: Any, *, param: str) -> bool:
     raise InvalidRequest(f"Invalid {param} {value!r}: expected true or false.", param=param)
 
 
+def parse_switch(value: Any, *, param: str) -> bool:
+    """A protocol boolean such as `stream`: a JSON boolean, or the text `true`/`false` a
+    multipart form carries (any case). `"yes"`, `1`, `"on"` are refused (InvalidRequest):
+    a client that sends them means something this API does not promise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InvalidRequest(f"Invalid {param} {value!r}: expected true or false.", param=param)
+
+
 def parse_n(value: Any, *, maximum: int = 4) -> int:
     n = 1 if value is None else parse_int(value, param="n")
     if not 1 <= n <= maximum:

@@ -20,12 +20,13 @@ from gateway.errors import InvalidRequest
 from gateway.images.budget import PixelBudget, header_pixels
 from gateway.images.fetch import ImageFetcher
 from gateway.images.masks import load_mask
-from gateway.images.validate import sniff, validate_image
+from gateway.images.validate import animation, sniff, validate_image
 from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobSpec, OutputFormat
 from gateway.jobs.service import JobService
 from gateway.jobs.tables import JobRow
 from gateway.settings import LimitSettings
+from gateway.storable import refuse_unstorable
 from gateway.storage.files import FileStore
 from gateway.storage.tables import FileRow
 
@@ -96,7 +97,8 @@ class OrderDesk:
                                  param=param, code="too_many_images")
 
     async def inputs(self, order: Order) -> list[InputImage]:
-        """Every input image of the order, fetched and validated, in order."""
+        """Every input image of the order, fetched and validated, in order. An animated one
+        is used as its first frame, and the order's `notes` say so."""
         self.check_image_count(len(order.image_refs) + len(order.image_blobs))
         blobs = list(order.image_blobs)
         if order.image_refs:  # fetched at once, not one after another (chat headers wait)
@@ -108,8 +110,14 @@ class OrderDesk:
                 raise group_error.exceptions[0] from None
             blobs += [(param, task.result())
                       for (param, _), task in zip(order.image_refs, fetches, strict=True)]
-        return [await self.load_image(param, data, order.input_ratio, order.notes)
-                for param, data in blobs]
+        images = []
+        for param, data in blobs:
+            images.append(await self.load_image(param, data, order.input_ratio, order.notes))
+            fmt = await anyio.to_thread.run_sync(animation, data)
+            if fmt is not None:  # kept, as the upstreams would take it, but said
+                order.notes.append(f"{param}: an animated {'APNG' if fmt == 'PNG' else fmt} "
+                                   "image; only its first frame was used")
+        return images
 
     def check_mask_slots(self, customer: Customer, model: str, count: int) -> None:
         """Raise InvalidRequest (`mask_with_stitching`) when no channel that could serve
@@ -126,6 +134,16 @@ class OrderDesk:
                 f"{count} images would be stitched into one, and a mask cannot be placed on a "
                 "stitched result. Send the image to edit alone with its mask, or no mask.",
                 param="mask", code="mask_with_stitching")
+
+    def check_prompt_length(self, order: Order) -> None:
+        """Raise InvalidRequest (`string_above_max_length`, naming `prompt`) when the prompt
+        is longer than `limits.max_prompt_chars` allows for the order's API family."""
+        limit = self.limits.max_prompt_chars.for_surface(order.surface)
+        if len(order.prompt) > limit:
+            raise InvalidRequest(
+                f"Invalid 'prompt': string too long. Expected a string with maximum length "
+                f"{limit}, but got a string with length {len(order.prompt)} instead.",
+                param="prompt", code="string_above_max_length")
 
     async def store_mask(self, customer: Customer, mask: bytes,
                          images: list[InputImage]) -> FileRow:
@@ -158,6 +176,9 @@ class OrderDesk:
 
         A mask is validated against the first input image and stored (`kind="mask"`); the
         job service composites each result with that input (see `JobService._store`)."""
+        refuse_unstorable(order.prompt, "prompt")  # NUL & co (both databases alike)
+        refuse_unstorable(order.extra)
+        self.check_prompt_length(order)
         if not order.prompt.strip():
             raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
                                  param="prompt", code="invalid_prompt")
