@@ -72,6 +72,7 @@ from gateway.errors import (
     Timeout,
     UpstreamError,
 )
+from gateway.images.provenance import has_c2pa
 from gateway.images.stitch import stitch
 from gateway.jobs import channel_state, leases
 from gateway.jobs.connections import job_error_code
@@ -456,6 +457,10 @@ class JobService:
             note = (f"channel {channel.name} takes {slots} input image(s): the {len(inputs)} "
                     f"inputs were stitched side by side into one {merged.width}x"
                     f"{merged.height} image ({layout})")
+            signed = [str(i + 1) for i, image in enumerate(inputs) if has_c2pa(image.data)]
+            if signed:  # never stripped silently (issue 10 item 8)
+                note += (f"; the C2PA content credentials of input #{', #'.join(signed)} "
+                         "were not kept in the stitched image")
             spec = spec.model_copy(update={"notes": [*spec.notes, note]})
             row.spec = spec.model_dump(mode="json")  # written with the job's next write
         if spec.aspect_ratio is None:

@@ -420,6 +420,19 @@ def test_stitched_jpeg_inputs_are_stitched_losslessly(gateway_factory: Any,
     assert "stitched side by side" in notes(gw, key_id)
 
 
+def test_stitching_a_signed_upload_notes_the_lost_credentials(gateway_factory: Any,
+                                                            upstream: FakeOpenAI) -> None:
+    """The stitched canvas cannot carry an input's C2PA manifest: the job says so."""
+    signed = sign(encode(picture((300, 200)), "PNG"), "image/png")
+    plain = encode(grainy((200, 200)), "PNG")
+    upstream.answer = encode(picture((1248, 832)), "PNG")
+    gw, key_id, key = start(gateway_factory, options={"max_input_images": 1})
+    assert edit(gw, key, [plain, signed]).status_code == 200
+    [canvas] = upstream.images
+    assert active_manifest(canvas, "image/png") is None
+    assert "C2PA content credentials of input #2 were not kept" in notes(gw, key_id)
+
+
 def test_mask_with_images_that_would_be_stitched_is_a_clear_400(gateway_factory: Any,
                                                                upstream: FakeOpenAI) -> None:
     gw, key_id, key = start(gateway_factory, options={"max_input_images": 1})

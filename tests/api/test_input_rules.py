@@ -134,8 +134,8 @@ def test_animated_inputs_are_used_as_their_first_frame_and_noted(
                                       "input_image": data_url(animated("GIF"), "image/gif")}})
     assert made.status_code == 201, made.text
     assert made.json()["status"] == "succeeded"
-    assert made.json()["logs"] == ("input_image: an animated GIF image; only its first frame "
-                                   "was used")
+    assert ("input_image: an animated GIF image; only its first frame was used"
+            in made.json()["logs"].splitlines())
     client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
     client.images.edit(model="flux-kontext-pro", prompt="a fox",
                        image=("a.webp", animated("WEBP"), "image/webp"))
