@@ -143,7 +143,7 @@ def test_animated_inputs_are_used_as_their_first_frame_and_noted(
     listed = httpx.get(f"{gw.base_url}/admin/jobs", headers=bearer(ADMIN), timeout=30).json()
     notes = [job["notes"] for job in listed["data"]]  # newest first
     assert notes[0] == []
-    assert notes[1] == ["image: an animated WEBP image; only its first frame was used"]
+    assert "image: an animated WEBP image; only its first frame was used" in notes[1]
 
 
 # a key revoked mid-job -------------------------------------------------------------------------
