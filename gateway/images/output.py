@@ -36,7 +36,7 @@ from PIL import Image
 from adapters.base import OutputFormat
 from adapters.buckets import bucket_for_ratio
 from gateway.errors import InvalidRequest
-from gateway.images.colour import convert
+from gateway.images.colour import colour_space, convert, fits
 from gateway.images.encode import DEFAULT_JPEG_QUALITY, FORMAT_OF, MIME, encode, has_alpha
 from gateway.images.masks import blend, load_mask, open_result
 from gateway.images.modes import to_8bit
@@ -206,6 +206,10 @@ def _finish_masked(data: bytes, fmt: str, *, asked_format: OutputFormat, quality
         merged = blend(orig_im, top, weights, alpha=asked_format != "jpeg")
         encoded = encode(merged, asked_format, quality=quality,
                          icc_profile=icc if isinstance(icc, bytes) else None)
+        if isinstance(icc, bytes) and icc and not fits(icc, merged.mode):
+            notes.append(f"the input's colour profile (ICC, {colour_space(icc) or 'unknown'}) "
+                         f"does not fit the {merged.mode} result and was not kept; read the "
+                         "result as sRGB")
         if FORMAT_OF.get(fmt) != asked_format:
             notes.append(f"the upstream answered {fmt}; the masked result was written as "
                          f"{asked_format.upper()}{_how_encoded(asked_format, quality)}")

@@ -36,6 +36,30 @@ def _text(text: str) -> bytes:
     return b"text" + b"\0" * 4 + text.encode("ascii") + b"\0"
 
 
+def _assemble(space: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    table_size = 4 + 12 * len(tags)
+    offset = 128 + table_size
+    table, data = struct.pack(">I", len(tags)), b""
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = 128 + table_size + len(data)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr" + space
+              + b"XYZ " + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + b"APPL"
+              + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + struct.pack(">I", 0)
+              + b"".join(_s15(v) for v in D50) + b"test" + b"\0" * 44)
+    assert len(header) == 128
+    return header + table + data
+
+
+def gray_profile(gamma: float = 1.8) -> bytes:
+    """An ICC v2 grayscale display profile (gray TRC only)."""
+    return _assemble(b"GRAY", [(b"desc", _desc("Gray (test)")),
+                               (b"cprt", _text("no copyright, test data")),
+                               (b"wtpt", _xyz(D50)), (b"kTRC", _curve(gamma))])
+
+
 def matrix_profile(name: str, red: tuple[float, float, float], green: tuple[float, float, float],
                    blue: tuple[float, float, float], gamma: float = 2.2) -> bytes:
     """An ICC v2 matrix/TRC RGB display profile."""

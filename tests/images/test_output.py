@@ -15,7 +15,7 @@ from gateway.images.provenance import has_c2pa
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff, validate_image
 from tests.images.credentials import sign
-from tests.images.profiles import display_p3
+from tests.images.profiles import display_p3, gray_profile
 
 
 def save(im: Image.Image, fmt: str, **kwargs: Any) -> bytes:
@@ -168,3 +168,18 @@ def test_masked_result_off_the_input_ratio_follows_the_fit(fit: Any) -> None:
     else:  # stretched: the blue bands show at the top and bottom
         assert out.getpixel((100, 5))[2] > 200 and out.getpixel((100, 50)) == (0, 255, 0)
     assert (fit == "pass") == (not any("before the mask was applied" in n for n in done.notes))
+
+
+def test_a_gray_inputs_profile_that_cannot_be_kept_is_noted() -> None:
+    """A masked edit of a grayscale input with a GRAY profile comes back RGB: the profile
+    cannot go onto RGB pixels, and the job says so instead of dropping it silently."""
+    icc = gray_profile()
+    original = save(Image.new("L", (120, 80), 100), "PNG", icc_profile=icc)
+    assert Image.open(io.BytesIO(original)).info.get("icc_profile") == icc
+    mask = Image.new("L", (120, 80), 0)
+    mask.paste(255, (60, 0, 120, 80))
+    done = finish_output(save(Image.new("RGB", (120, 80), (0, 0, 255)), "PNG"),
+                         asked_format="png", original=original, mask=save(mask, "PNG"))
+    out = opened(done.data)
+    assert out.mode == "RGB" and out.info.get("icc_profile") is None
+    assert any("GRAY" in n and "was not kept" in n for n in done.notes), done.notes
