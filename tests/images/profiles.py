@@ -67,20 +67,7 @@ def matrix_profile(name: str, red: tuple[float, float, float], green: tuple[floa
             (b"wtpt", _xyz(D50)), (b"rXYZ", _xyz(red)), (b"gXYZ", _xyz(green)),
             (b"bXYZ", _xyz(blue)), (b"rTRC", _curve(gamma)), (b"gTRC", _curve(gamma)),
             (b"bTRC", _curve(gamma))]
-    table_size = 4 + 12 * len(tags)
-    offset = 128 + table_size
-    table, data = struct.pack(">I", len(tags)), b""
-    for sig, body in tags:
-        body += b"\0" * (-len(body) % 4)
-        table += sig + struct.pack(">II", offset + len(data), len(body))
-        data += body
-    size = 128 + table_size + len(data)
-    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr" + b"RGB "
-              + b"XYZ " + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + b"APPL"
-              + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + struct.pack(">I", 0)
-              + b"".join(_s15(v) for v in D50) + b"test" + b"\0" * 44)
-    assert len(header) == 128
-    return header + table + data
+    return _assemble(b"RGB ", tags)
 
 
 def display_p3() -> bytes:
