@@ -29,8 +29,11 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	$(BIN)/fluxgate serve $(ARGS)
 
+# the tests mostly wait on servers and upstreams: 3 workers even on 2 cores (TEST_WORKERS=0: one)
+TEST_WORKERS ?= 3
+
 test: install-dev
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check gateway adapters billing tests bench

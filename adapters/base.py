@@ -98,8 +98,9 @@ class UpstreamRequest:
     `aspect_ratio` is `"W:H"` already inside the model's range, or None for the upstream's
     default (the input image's ratio when there is one, else 1:1). `width`/`height` are the
     Kontext bucket the gateway expects back (a hint; upstreams may ignore it).
+    `quality` is the asked JPEG/WebP quality (0..100), forwarded where the upstream takes one.
     `extra` carries model-specific knobs that some upstreams accept: guidance, steps,
-    go_fast, output_quality.
+    go_fast.
     """
 
     model: str
@@ -111,6 +112,8 @@ class UpstreamRequest:
     height: int | None = None
     seed: int | None = None
     output_format: OutputFormat = "png"
+    quality: int | None = None  # 0..100 for JPEG/WebP (OpenAI output_compression, Replicate
+    # output_quality); None: the upstream's default
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     extra: dict[str, float | int | bool | str] = field(default_factory=dict)

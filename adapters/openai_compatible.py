@@ -8,8 +8,10 @@ observed, not authoritative (see shared/reference/upstreams.md §7: new-api maps
 Wire contract used here:
 - `Authorization: Bearer <key>`; `base_url` may or may not end in `/v1` (both work).
 - No input image: `POST {base}/v1/images/generations`, JSON `{model, prompt, n: 1,
-  response_format, size?, aspect_ratio?, seed?, output_format?, safety_tolerance?,
-  prompt_upsampling?}`; the Kontext knobs are top-level fields (our own API accepts them the
+  response_format, size?, aspect_ratio?, seed?, output_format?, output_compression?,
+  safety_tolerance?, prompt_upsampling?}`; `output_format` is OpenAI's png|jpeg|webp (all three
+  are asked for as they are), `output_compression` (0-100) is sent for jpeg/webp when the
+  client asked for a quality; the Kontext knobs are top-level fields (our own API accepts them the
   same way; an upstream that does not know them is expected to ignore them; set
   `kontext_fields: false` for a strict one). `size` is the expected Kontext bucket `WxH`.
 - Input images: `POST {base}/v1/images/edits`, multipart with one `image[]` part per image
@@ -85,6 +87,8 @@ def _fields(req: UpstreamRequest, opts: OpenAICompatibleOptions) -> dict[str, An
         if req.seed is not None:
             fields["seed"] = req.seed
         fields["output_format"] = req.output_format
+        if req.quality is not None and req.output_format in ("jpeg", "webp"):
+            fields["output_compression"] = req.quality  # OpenAI: 0-100, jpeg and webp only
         if req.safety_tolerance is not None:
             fields["safety_tolerance"] = req.safety_tolerance
         if req.prompt_upsampling:
@@ -156,7 +160,7 @@ class OpenAICompatibleAdapter:
         self._results = results or client  # result URLs: the gateway's guarded client
         self.capabilities = Capabilities(
             models=options.models, max_input_images=options.max_input_images,
-            output_formats=("png", "jpeg"), safety_range=(0, 6), supports_cancel=False,
+            output_formats=("png", "jpeg", "webp"), safety_range=(0, 6), supports_cancel=False,
             label="openai")
 
     async def submit(self, req: UpstreamRequest) -> UpstreamJob:

@@ -32,7 +32,10 @@ under 1 MB; a `/v1/files` upload is not implemented). `aspect_ratio` is snapped 
 enum; without a ratio it is `match_input_image` when there is an input image, else `1:1`.
 safety_tolerance is capped at 2 when input images are used ("2 is currently the maximum
 allowed when input images are used"). Dev takes no safety_tolerance; it takes `guidance`,
-`num_inference_steps` (alias `steps`), `go_fast` and `output_quality` from `req.extra`.
+`num_inference_steps` (alias `steps`) and `go_fast` from `req.extra`, and `output_quality`
+(0-100, jpg/webp) from `req.quality`. Output formats: pro/max and the multi-image apps take
+{jpg, png}, dev {webp, jpg, png}: webp asked of pro/max is sent as png (lossless) and the
+gateway converts the result.
 
 UNCONFIRMED: Replicate's Kontext prices (not reported by the API; `cost` stays None); the
 moderation wording of `error` (matched loosely); `go_fast` on dev (seen on a mirror only).
@@ -133,6 +136,8 @@ def _to_request(req: UpstreamRequest, opts: ReplicateOptions) -> tuple[str, dict
         for key, field in _DEV_EXTRAS.items():
             if key in req.extra:
                 body[field] = req.extra[key]
+        if req.quality is not None and fmt != "png":  # dev's schema: 0-100, not for png
+            body["output_quality"] = req.quality
     else:
         if req.safety_tolerance is not None:
             cap = 2 if images else 6

@@ -5,7 +5,8 @@ user can see it: the capability label is "sandbox" and every image carries the t
 "FLUXGATE SANDBOX".
 
 Contract:
-- The same model, prompt, seed, aspect ratio, output format and inputs give the same bytes.
+- The same model, prompt, seed, aspect ratio, output format, quality and inputs give the same
+  bytes (`quality` is used for JPEG and WebP, as an upstream that takes one would).
 - The output size is the Kontext ~1 MP bucket for the requested ratio (or, with an input image
   and no ratio, for the input's ratio).
 - With input images, the result is a visible, deterministic transformation of the first input
@@ -142,7 +143,8 @@ class SandboxAdapter:
 
 def _digest(req: UpstreamRequest) -> bytes:
     h = hashlib.sha256()
-    for part in (req.model, req.prompt, str(req.seed), str(req.aspect_ratio), req.output_format):
+    for part in (req.model, req.prompt, str(req.seed), str(req.aspect_ratio), req.output_format,
+                 str(req.quality)):
         h.update(part.encode())
         h.update(b"\0")
     for image in req.images:
@@ -197,10 +199,10 @@ def render(req: UpstreamRequest) -> tuple[bytes, str]:
               stroke_width=2, stroke_fill=(0, 0, 0))
     buf = io.BytesIO()
     if req.output_format == "jpeg":
-        canvas.save(buf, "JPEG", quality=90)
+        canvas.save(buf, "JPEG", quality=90 if req.quality is None else req.quality)
         return buf.getvalue(), "image/jpeg"
     if req.output_format == "webp":
-        canvas.save(buf, "WEBP", quality=85)
+        canvas.save(buf, "WEBP", quality=85 if req.quality is None else req.quality)
         return buf.getvalue(), "image/webp"
     canvas.save(buf, "PNG", compress_level=3)
     return buf.getvalue(), "image/png"

@@ -20,11 +20,12 @@ commits: the caller owns the transaction (reserve belongs in the one that create
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,24 +46,44 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_CLAIM_COLUMNS = ("key_id", "job_id", "kind", "amount", "upstream_cost", "model", "note",
+                  "terminal_of", "created_at")
+
+
+@functools.cache
+def _claim_statement(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once per dialect (the hot path
+    reuses the statement object, and with it SQLAlchemy's compiled form)."""
+    columns: dict[str, Any] = {c: bindparam(c) for c in _CLAIM_COLUMNS}
+    if dialect == "sqlite":
+        stmt: Any = sqlite.insert(_LEDGER).values(columns).on_conflict_do_nothing()
+    elif dialect == "postgresql":
+        stmt = postgresql.insert(_LEDGER).values(columns).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        stmt = insert(_LEDGER).values(columns)
+    return stmt.returning(_LEDGER.c.id)
+
+
+_APPLY = (update(_KEYS).where(_KEYS.c.id == bindparam("k_id"))
+          .values(balance=_KEYS.c.balance + bindparam("k_amount")))
+_HOLD = (update(_KEYS).where(_KEYS.c.id == bindparam("k_id"),
+                             or_(_KEYS.c.unlimited.is_(True),
+                                 _KEYS.c.balance >= bindparam("k_amount")))
+         .values(balance=_KEYS.c.balance - bindparam("k_amount")))
+_JOB_ROWS = (select(_LEDGER.c.kind, _LEDGER.c.amount, _LEDGER.c.model, _LEDGER.c.key_id)
+             .where(_LEDGER.c.job_id == bindparam("j_id")))
+
+
 async def _claim_row(session: AsyncSession, values: dict[str, Any]) -> int | None:
     """Insert a ledger row unless it collides with a unique constraint; its id, or None."""
-    dialect = session.get_bind().dialect.name
-    stmt: Any
-    if dialect == "sqlite":
-        stmt = sqlite.insert(_LEDGER).values(**values).on_conflict_do_nothing()
-    elif dialect == "postgresql":
-        stmt = postgresql.insert(_LEDGER).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        stmt = insert(_LEDGER).values(**values)
-    result = await session.execute(stmt.returning(_LEDGER.c.id))
-    row_id = result.scalar_one_or_none()
+    stmt = _claim_statement(session.get_bind().dialect.name)
+    params = {c: values.get(c) for c in _CLAIM_COLUMNS}
+    row_id = (await session.execute(stmt, params)).scalar_one_or_none()
     return int(row_id) if row_id is not None else None
 
 
 async def _apply(session: AsyncSession, key_id: str, amount: int) -> None:
-    result = await session.execute(
-        update(_KEYS).where(_KEYS.c.id == key_id).values(balance=_KEYS.c.balance + amount))
+    result = await session.execute(_APPLY, {"k_id": key_id, "k_amount": amount})
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidKey(f"No API key with id {key_id!r}.", param="key_id")
 
@@ -73,10 +94,8 @@ async def _key_exists(session: AsyncSession, key_id: str) -> bool:
 
 
 async def _job_rows(session: AsyncSession, job_id: str) -> dict[str, Any]:
-    """A job's ledger rows by kind (each with `.amount` and `.model`): plain rows, no ORM."""
-    rows = await session.execute(
-        select(_LEDGER.c.kind, _LEDGER.c.amount, _LEDGER.c.model, _LEDGER.c.key_id)
-        .where(_LEDGER.c.job_id == job_id))
+    """A job's ledger rows by kind (each with `.amount`, `.model`, `.key_id`): plain rows."""
+    rows = await session.execute(_JOB_ROWS, {"j_id": job_id})
     return {row.kind: row for row in rows}
 
 
@@ -146,11 +165,7 @@ async def reserve(session: AsyncSession, key_id: str, job_id: str, amount: int, 
         if existing.key_id != key_id:
             raise LedgerConflict(f"job {job_id} is reserved on another key")
         return
-    result = await session.execute(
-        update(ApiKeyRow)
-        .where(ApiKeyRow.id == key_id,
-               or_(ApiKeyRow.unlimited.is_(True), ApiKeyRow.balance >= amount))
-        .values(balance=ApiKeyRow.balance - amount))
+    result = await session.execute(_HOLD, {"k_id": key_id, "k_amount": amount})
     if result.rowcount != 1:  # type: ignore[attr-defined]
         # never committed, never seen by anyone: the claim is withdrawn, not an edit
         await session.execute(delete(LedgerRow).where(LedgerRow.id == row_id))

@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -29,11 +29,13 @@ from gateway.api import (
     images,
     replicate,
     tasks,
+    text_guard,
     usage,
 )
 from gateway.api.bodylimit import BodyLimitMiddleware
 from gateway.api.deps import Services
 from gateway.api.edits import body_limit
+from gateway.api.text_guard import refuse_unstorable_text
 from gateway.database import (
     TransactionCounter,
     Writer,
@@ -51,6 +53,7 @@ from gateway.logcontext import RequestIdMiddleware
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.serving import DrainMiddleware
 from gateway.settings import ConfigError, Settings
+from gateway.storage import sweep as storage_sweep
 from gateway.storage.base import Storage, StorageError
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
@@ -205,9 +208,12 @@ def create_app(settings: Settings) -> FastAPI:
         interval = settings.billing.idempotency_purge_interval
         purge = (asyncio.create_task(housekeeping.run(services.sessions, interval),
                                      name="idempotency-purge") if interval else None)
+        # orphan sweep (issue 17 item 6; gateway/storage/sweep.py)
+        sweeper = storage_sweep.start(services.files.storage, services.sessions, settings)
         try:
             yield
         finally:
+            await storage_sweep.stop(sweeper)
             if purge is not None:
                 purge.cancel()
                 await asyncio.gather(purge, return_exceptions=True)
@@ -216,7 +222,8 @@ def create_app(settings: Settings) -> FastAPI:
     # /docs and /redoc with their assets served from this server (no CDN; gateway/api/home.py)
     app = FastAPIOffline(title="fluxgate", version=__version__, lifespan=lifespan,
                          description="OpenAI-compatible gateway for FLUX.1 Kontext",
-                         static_url=home.DOCS_ASSETS)
+                         static_url=home.DOCS_ASSETS,
+                         dependencies=[Depends(refuse_unstorable_text)])  # NUL & co: 400 first
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["*"], allow_headers=["*"], expose_headers=["*"],
                        allow_credentials=False,
@@ -229,6 +236,7 @@ def create_app(settings: Settings) -> FastAPI:
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
+    text_guard.install(app)  # the OpenAPI document says free text holds no NUL
     for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
                    admin):
         app.include_router(module.router)

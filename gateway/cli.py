@@ -1,4 +1,4 @@
-"""The `fluxgate` command: serve, keys, usage, db, webhooks."""
+"""The `fluxgate` command: serve, keys, usage, db, webhooks, storage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -35,6 +35,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 webhooks_app = typer.Typer(help="Outbound result webhooks.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+storage_app = typer.Typer(help="Re-hosted file storage.", no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
 console = Console()
 T = TypeVar("T")
 
@@ -441,6 +443,56 @@ def webhooks_replay(delivery_id: Annotated[str, typer.Argument(help="the msg_...
         typer.echo(f"fluxgate: no failed or disabled delivery {delivery_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{delivery_id}: pending")
+
+
+@storage_app.command("reconcile")
+def storage_reconcile(
+        apply: Annotated[bool, typer.Option("--apply", help="remove what is found")] = False,
+        grace: Annotated[float | None, typer.Option(
+            "--grace", min=60, help="seconds an orphan must be old (default storage.sweep_grace; "
+            "never less than jobs.deadline + jobs.download_timeout)",
+        )] = None,
+        config: ConfigOpt = None) -> None:
+    """Report storage orphans: stored objects with no file row, and input/mask/output file
+    rows no job references, older than the grace period (never a live job's files). With
+    --apply, remove them, as the periodic sweep (`storage.sweep_interval`) does."""
+    from gateway.app import build_storage, close_storage
+    from gateway.storage import sweep
+
+    settings = _settings(config)
+    wait = sweep.effective_grace(settings, grace)
+
+    async def go() -> sweep.Orphans:
+        storage = await build_storage(settings)
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            act = sweep.sweep if apply else sweep.find_orphans
+            return await act(storage, make_sessionmaker(engine), grace=wait)
+        finally:
+            await engine.dispose()
+            await close_storage(storage)
+
+    found = _run_storage(go)
+    for key in found.objects:
+        typer.echo(f"object without a file row: {key}")
+    for file_id, key in found.rows.items():
+        typer.echo(f"file row no job references: {file_id} ({key})")
+    verb = "removed" if apply else "found"
+    typer.echo(f"{verb} {len(found.objects)} objects without a file row and {len(found.rows)} "
+               f"file rows no job references, older than {wait:.0f} s; {found.unknown} "
+               "objects under other keys left alone"
+               + ("" if apply or not found.total else " (run with --apply to remove them)"))
+
+
+def _run_storage(go: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a storage command; a storage that cannot be reached exits 1 with one line."""
+    from gateway.storage.base import StorageError
+
+    try:
+        return asyncio.run(go())
+    except StorageError as exc:
+        typer.echo(f"fluxgate: storage: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def main() -> None:

@@ -58,6 +58,8 @@ class ChannelSettings(BaseModel):
     breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
     breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds open before one probe
     model_concurrency: dict[str, int] = Field(default_factory=dict)  # our model -> cap
+    # a result more than 2 % off the asked ratio: centre-crop it, pad it, or serve it as it is
+    fit: Literal["pass", "crop", "pad"] = "crop"
     # HTTP connections to this upstream's API; default max_concurrency + headroom for polls
     # (gateway/jobs/connections.py), 1000 when the concurrency is unlimited
     max_connections: int | None = Field(default=None, ge=1)
@@ -119,6 +121,11 @@ class StorageSettings(BaseModel):
     s3: S3Settings = Field(default_factory=S3Settings)  # kind s3: the bucket
     url_ttl: int = Field(default=7 * 24 * 3600, ge=60)  # seconds a signed file URL stays valid
     signing_secret: str | None = None  # default: generated once into $data_dir/secret.key
+    # seconds between orphan sweeps (gateway/storage/sweep.py); 0 = off
+    sweep_interval: float = Field(default=3600.0, ge=0)
+    # an object or file row is an orphan only once it is this old (seconds); the sweep never
+    # uses less than jobs.deadline + jobs.download_timeout (gateway/storage/sweep.py)
+    sweep_grace: float = Field(default=3600.0, ge=60)
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> StorageSettings:
@@ -173,11 +180,27 @@ class DatabaseSettings(BaseModel):
     pool_timeout: float = Field(default=30.0, gt=0)
 
 
+class PromptLimits(BaseModel):
+    """The longest prompt, in characters (Unicode code points), per API family."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    openai: int = Field(default=32_000, ge=1)  # images + chat: OpenAI's gpt-image-1 limit
+    bfl: int = Field(default=10_000, ge=1)  # BFL documents none; Kontext reads ~512 tokens
+    replicate: int = Field(default=10_000, ge=1)  # Replicate documents none either
+
+    def for_surface(self, surface: str) -> int:
+        """The limit of a job surface (`openai.images`, `openai.chat`, `bfl`, `replicate`)."""
+        family = surface.partition(".")[0]
+        return int(getattr(self, family, self.openai))
+
+
 class LimitSettings(BaseModel):
     """Input limits."""
 
     model_config = ConfigDict(extra="forbid")
 
+    max_prompt_chars: PromptLimits = Field(default_factory=PromptLimits)
     max_input_images: int = Field(default=4, ge=1, le=8)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=20_000_000, ge=1024)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,6 +68,7 @@ def job_view(row: JobRow) -> dict[str, Any]:
         "upstream_cost_micro": row.upstream_cost, "error_code": row.error_code,
         "error_message": row.error_message, "created_at": row.created_at.isoformat(),
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "notes": list((row.spec or {}).get("notes") or []),  # what the gateway decided
     }
 
 
@@ -110,8 +111,8 @@ class KeyUpdate(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     price_group: str | None = None
     expires_at: datetime | None = None
-    disabled: bool | None = None
-    unlimited: bool | None = None
+    disabled: StrictBool | None = None  # JSON booleans only
+    unlimited: StrictBool | None = None
 
 
 class Money(BaseModel):

@@ -34,7 +34,12 @@ from gateway.api.errors import DetailErrorRoute
 from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
 from gateway.api.openapi import DETAIL_CREATE_ERRORS, DETAIL_ERRORS
-from gateway.api.schemas import PROMPT_SCHEMA, AspectRatio, OutputFormatField
+from gateway.api.schemas import (
+    PROMPT_SCHEMA,
+    WEBHOOK_SECRET_SCHEMA,
+    AspectRatio,
+    OutputFormatField,
+)
 from gateway.jobs import intake
 from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobStatus, Stage
@@ -68,7 +73,7 @@ class BflKontextRequest(BaseModel):
     aspect_ratio: AspectRatio = None
     output_format: OutputFormatField = None
     webhook_url: str | None = Field(default=None, max_length=2083)
-    webhook_secret: str | None = None
+    webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)
     prompt_upsampling: bool | None = None
     safety_tolerance: int | None = Field(default=None, ge=0, le=6)
     guidance: float | None = None

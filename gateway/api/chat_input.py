@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from gateway.api.schemas import ChatMessage
 from gateway.errors import InvalidRequest
+from gateway.images.addresses import url_in_text
 
 _CONTEXT_BLOCK = re.compile(r"<!--\s*SYSTEM CONTEXT.*?<!--\s*END SYSTEM CONTEXT\s*-->",
                             re.DOTALL | re.IGNORECASE)
@@ -40,7 +41,9 @@ _MARKDOWN_IMAGE = re.compile(
     re.IGNORECASE)
 _DATA_URL = re.compile(r"data:image/[\w.+-]+(?:;[\w=.-]+)*;base64,[A-Za-z0-9+/=_-]+",
                        re.IGNORECASE)
-_URL = re.compile(r"https?://[A-Za-z0-9\-._~:/?#@!$&*+,;=%]+", re.IGNORECASE)
+#: http(s) URLs (IPv6 literals included) and refused schemes' forms (`file:`, `gopher:`...),
+#: which are recognised like image URLs so the fetcher refuses them
+_URL = re.compile(url_in_text(r"[A-Za-z0-9\-._~:/?#@!$&*+,;=%]"), re.IGNORECASE)
 _TRAILING = ".,;:!?"
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".avif", ".heic", ".tif",
               ".tiff")

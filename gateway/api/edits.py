@@ -10,7 +10,8 @@ file is checked against the byte limit before it is read into memory.
 JSON: `image` as a string or a list of strings (URLs, base64, data URLs), or OpenAI's
 `images: [{"image_url": ...}]`; `mask` as a string or `{"image_url": ...}`.
 
-Unknown OpenAI fields (`quality`, `background`, `input_fidelity`, `moderation`, ...) are ignored.
+Unknown OpenAI fields (`background`, `input_fidelity`, `moderation`, ...) are ignored; `quality`
+is used when it is a number (0-100, like `output_compression`), ignored when it is a word.
 The default aspect ratio is the first input's own (`match_input_image`); inputs must be within
 3:7..7:3. With a mask, the gateway composites the upstream's whole-image edit into the input
 (see `gateway/images/masks.py`), so the output has the input's size.
@@ -278,6 +279,8 @@ async def _create_edit(gate: Gate, form: EditForm, principal: Principal, service
         model=model, prompt=body.prompt or "", n=intake.parse_n(body.n),
         seed=intake.parse_seed(body.seed), operation="edit", aspect_ratio=aspect_ratio,
         output_format=intake.parse_output_format(body.output_format),
+        quality=intake.parse_quality(output_compression=body.output_compression,
+                                     quality=body.quality),
         safety_tolerance=intake.parse_safety(body.safety_tolerance),
         prompt_upsampling=intake.parse_bool(
             body.prompt_upsampling if body.prompt_upsampling is not None else False,

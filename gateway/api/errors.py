@@ -243,15 +243,16 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
+        # the exception's own headers are kept: a 405 names the allowed methods (`Allow`)
+        headers = {**(exc.headers or {}), "x-should-retry": "false"}
         if detail_style(request):
-            return JSONResponse({"detail": exc.detail}, status_code=status,
-                                headers={"x-should-retry": "false"})
+            return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
         type_ = "invalid_request_error" if status < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed",
                 413: "request_too_large"}.get(status)
         status, body = _render(status, envelope(str(exc.detail), type_, None, code),
                                family_of(request))
-        return JSONResponse(body, status_code=status, headers={"x-should-retry": "false"})
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)

@@ -29,7 +29,7 @@ from gateway.jobs.tables import JobRow
 log = logging.getLogger(__name__)
 
 #: response headers kept with a stored answer and replayed
-STORED_HEADERS = ("content-type",)
+STORED_HEADERS = ("content-type", "x-should-retry", "retry-after", "x-fluxgate-job-id")
 
 
 class Gate:

@@ -56,7 +56,7 @@ STREAMED: dict[int | str, dict[str, Any]] = {200: {
 def wants_stream(stream: object, partial_images: object, *, respond_async: bool) -> bool:
     """Whether the caller asked for an SSE stream (`stream` true); InvalidRequest for a
     `stream` or `partial_images` (0-3) that cannot be read, or a stream asked as a task."""
-    on = False if stream is None else intake.parse_bool(stream, param="stream")
+    on = False if stream is None else intake.parse_switch(stream, param="stream")  # strict
     if partial_images not in (None, ""):
         count = intake.parse_int(partial_images, param="partial_images")
         if not 0 <= count <= MAX_PARTIAL_IMAGES:

@@ -123,6 +123,8 @@ async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Pri
         operation="edit" if refs else "generate",
         aspect_ratio=intake.choose_aspect_ratio(aspect_ratio=body.aspect_ratio, size=body.size),
         output_format=intake.parse_output_format(body.output_format),
+        quality=intake.parse_quality(output_compression=body.output_compression,
+                                     quality=body.quality),
         safety_tolerance=intake.parse_safety(body.safety_tolerance),
         prompt_upsampling=intake.parse_bool(body.prompt_upsampling or False,
                                             param="prompt_upsampling"),

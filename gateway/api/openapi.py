@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.api.schemas import ChatCompletionRequest
+from gateway.api.schemas import WEBHOOK_SECRET_SCHEMA, ChatCompletionRequest
 
 
 class OpenAIErrorObject(BaseModel):
@@ -132,7 +132,7 @@ _EDIT_TEXT_FIELDS: dict[str, Any] = {
     "steps": {"type": "string", "pattern": r"^\d{1,2}$"},
     "user": {"type": "string"},
     "webhook_url": {"type": "string", "format": "uri"},
-    "webhook_secret": {"type": "string"},
+    "webhook_secret": {"type": "string", **WEBHOOK_SECRET_SCHEMA},
     "async": {"type": "string", "enum": ["true", "false"]},
     "stream": {"type": "string", "enum": ["true", "false"]},
     "partial_images": {"type": "string", "pattern": r"^[0-3]$"},

@@ -33,7 +33,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.api.deps import LimitedPrincipalDep, Principal, PrincipalDep, Services, ServicesDep
@@ -50,6 +50,7 @@ from gateway.jobs.model import JobSpec, JobStatus, OutputFormat
 from gateway.jobs.orders import Order, OrderDesk
 from gateway.jobs.tables import JobRow
 from gateway.models import MODELS, resolve_model
+from gateway.storable import refuse_unstorable
 from gateway.storage.tables import FileRow
 
 router = APIRouter(prefix="/replicate", responses=REPLICATE_ERRORS)
@@ -96,7 +97,7 @@ class PredictionRequest(BaseModel):
     input: dict[str, Any] = Field(json_schema_extra=PREDICTION_INPUT)
     webhook: str | None = None
     webhook_events_filter: list[str] | None = None
-    stream: bool | None = None
+    stream: StrictBool | None = None  # a JSON boolean (not "yes")
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -159,6 +160,7 @@ def order_for(model: str, inputs: dict[str, Any], webhook_url: str | None,
         aspect_ratio=intake.choose_aspect_ratio(aspect_ratio=inputs.get("aspect_ratio"),
                                                 size=None),
         output_format=intake.parse_output_format(inputs.get("output_format"), default=default),
+        quality=intake.parse_quality(output_quality=inputs.get("output_quality")),
         safety_tolerance=intake.parse_safety(inputs.get("safety_tolerance")),
         prompt_upsampling=intake.parse_bool(inputs.get("prompt_upsampling") or False,
                                             param="prompt_upsampling"),
@@ -212,7 +214,8 @@ async def prediction(services: Services, row: JobRow, *, creating: bool = False,
             metrics["predict_time"] = row.upstream_latency
     return {
         "id": row.id, "model": f"{OWNER}/{row.model}", "version": VERSION, "status": shown,
-        "input": inputs, "output": output, "error": error, "logs": "", "metrics": metrics,
+        "input": inputs, "output": output, "error": error, "logs": "\n".join(spec.notes),
+        "metrics": metrics,
         "data_removed": False, "source": "api",
         "created_at": _iso(row.created_at), "started_at": _iso(row.submitted_at),
         "completed_at": _iso(row.finished_at) if status.terminal else None,
@@ -343,6 +346,7 @@ async def create_file(request: Request, principal: LimitedPrincipalDep, services
         if not isinstance(parsed, dict):
             raise InvalidRequest("metadata must be a JSON object.", param="metadata")
         metadata = parsed
+    refuse_unstorable({"content": filename or "", "metadata": metadata})
     image = await desk.load_image("content", data)
     stored = await services.files.put(image.data, image.mime, kind="upload",
                                       key_id=principal.key_id, size=(image.width, image.height),

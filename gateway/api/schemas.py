@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictBool,
     WithJsonSchema,
     model_serializer,
 )
@@ -37,6 +38,13 @@ Seed = Annotated[Loose, _documented({"type": "integer", "minimum": -1, "maximum"
 Safety = Annotated[Loose, _documented({"type": "integer", "minimum": 0, "maximum": 6},
                                       "Moderation tolerance, 0 (strict) to 6.")]
 Flag = Annotated[Loose, _documented({"type": "boolean"}, "true or false.")]
+Compression = Annotated[Loose, _documented(
+    {"type": "integer", "minimum": 0, "maximum": 100},
+    "JPEG/WebP quality, 0 to 100 (OpenAI's output_compression).")]
+Quality = Annotated[Loose, _documented(
+    {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0, "maximum": 100}]},
+    "OpenAI's words (low, medium, high, auto...) are accepted and ignored; a number 0 to 100 "
+    "is the JPEG/WebP quality.")]
 #: the aspect ratios Kontext makes (any W:H or WxH between 21:9 and 9:21 is accepted)
 RATIOS = ("21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21")
 AspectRatio = Annotated[str | None, _documented(
@@ -49,8 +57,14 @@ OutputFormatField = Annotated[str | None, _documented(
     {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]}, "png, jpeg or webp.")]
 ResponseFormat = Annotated[str | None, _documented(
     {"type": "string", "enum": ["url", "b64_json"]}, "url or b64_json; absent: both.")]
-#: a prompt with some text (an empty or blank prompt is refused)
-PROMPT_SCHEMA: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
+#: a Standard Webhooks secret: `whsec_` and base64 (or the base64 alone) of at least 9 bytes
+#: (the server's floor is 8; see gateway/webhooks/signing.py), or empty for none
+WEBHOOK_SECRET_SCHEMA: dict[str, Any] = {
+    "maxLength": 256, "description": "whsec_ followed by base64, or the base64 alone",
+    "pattern": "^$|^(whsec_)?([A-Za-z0-9+/]{4}){3,}([A-Za-z0-9+/]{2}(==)?|[A-Za-z0-9+/]{3}=?)?$"}
+#: a prompt with some text (an empty or blank prompt is refused) and no NUL character
+PROMPT_SCHEMA: dict[str, Any] = {"minLength": 1,
+                                 "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"}
 
 
 class KontextImageFields(BaseModel):
@@ -67,10 +81,12 @@ class KontextImageFields(BaseModel):
     aspect_ratio: AspectRatio = None
     seed: Seed = None
     output_format: OutputFormatField = None
+    output_compression: Compression = None
+    quality: Quality = None
     safety_tolerance: Safety = None
     prompt_upsampling: Flag = None
     webhook_url: str | None = None
-    webhook_secret: str | None = None
+    webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)
     # answer 202 with a task to poll (gateway/api/tasks.py); also `Prefer: respond-async`
     async_: Flag = Field(default=None, alias="async")
     # answer as OpenAI's image stream (gateway/api/image_stream.py)
@@ -134,7 +150,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None  # booleans are JSON booleans (not "yes")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -145,7 +161,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool | None = False
+    stream: StrictBool | None = False  # true or false only: "yes" or 1 is a 400
     stream_options: StreamOptions | None = None
     n: Loose = None
     user: str | None = None
@@ -159,6 +175,7 @@ class ChatCompletionRequest(BaseModel):
     aspect_ratio: AspectRatio = None
     seed: Seed = None
     output_format: OutputFormatField = None
+    output_compression: Compression = None
     safety_tolerance: Safety = None
     prompt_upsampling: Flag = None
 

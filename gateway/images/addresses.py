@@ -43,6 +43,29 @@ BLOCKED_HOSTNAMES = frozenset({"localhost", "metadata", "metadata.google.interna
 BLOCKED_SUFFIXES = (".localhost", ".internal")
 
 
+#: schemes the fetcher never follows. They are still recognised in prompt text, where an http(s)
+#: URL would be taken as an input image, so that they are refused (`url_not_allowed`) instead
+#: of reaching an upstream as words (`file:///etc/passwd`, `gopher://127.0.0.1:6379/_...`).
+REFUSED_SCHEMES = ("file", "gopher", "ftp", "ftps", "sftp", "tftp", "dict", "ldap", "ldaps",
+                   "smb", "jar", "netdoc", "telnet")
+#: a bracketed IPv6 literal host (`[2001:db8::1]`, `[fe80::1%25eth0]`)
+IPV6_HOST = r"\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]"
+
+
+def url_in_text(chars: str) -> str:
+    """A regex (no flags) for a URL written in text, whose characters after `scheme:` are the
+    class `chars`: http(s) with a name, IPv4 or bracketed IPv6 host, or a refused scheme's
+    form (`file:/x`, `gopher://...`). Compile it with re.IGNORECASE."""
+    schemes = "|".join(REFUSED_SCHEMES)
+    return rf"(?:https?://(?:{IPV6_HOST}{chars}*|{chars}+)|(?:{schemes}):{chars}+)"
+
+
+def refused_scheme(ref: str) -> str | None:
+    """The scheme of `ref` when it is one of `REFUSED_SCHEMES` (`file:...`), else None."""
+    head, sep, _ = ref.partition(":")
+    return head.lower() if sep and head.lower() in REFUSED_SCHEMES else None
+
+
 def normalise_host(host: str) -> str:
     """`host` lowercased, without brackets, trailing dots or NUL bytes."""
     return host.replace("\x00", "").strip().strip("[]").rstrip(".").lower()

@@ -48,6 +48,7 @@ from gateway.images.addresses import (
     is_public_address,
     normalise_host,
     parse_ip,
+    refused_scheme,
 )
 
 logger = logging.getLogger(__name__)
@@ -270,9 +271,15 @@ class ImageFetcher:
     async def load(self, ref: str, *, param: str) -> bytes:
         """Bytes of `ref`: an http(s) URL (fetched), a data URL or bare base64 (decoded).
 
-        Raises as `fetch` and `decode_base64_image` do.
+        Raises as `fetch` and `decode_base64_image` do; a URL of a refused scheme (`file:`,
+        `gopher:`, ... with or without `//`) is `url_not_allowed`.
         """
         ref = ref.strip()
+        if (scheme := refused_scheme(ref)) is not None:  # `file:/x` has no "//" to fetch
+            shown = ref if len(ref) <= 200 else ref[:200] + "..."
+            raise InvalidRequest(f"{param}: the URL {shown} is not allowed: the scheme "
+                                 f"{scheme!r} is not allowed (only http, https).",
+                                 param=param, code="url_not_allowed")
         if re.match(r"^[a-z][a-z0-9+.-]*://", ref, re.IGNORECASE):
             return await self.fetch(ref, param=param)
         return decode_base64_image(ref, param=param, max_bytes=self.max_bytes)

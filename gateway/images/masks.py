@@ -15,12 +15,11 @@ Synchronous Pillow work: callers run it in a thread (`anyio.to_thread.run_sync`)
 
 from __future__ import annotations
 
-import io
-
 from PIL import Image, ImageChops
 
 from adapters.base import OutputFormat
 from gateway.errors import InvalidRequest
+from gateway.images.encode import encode, has_alpha
 from gateway.images.modes import to_8bit
 from gateway.images.validate import open_image
 
@@ -64,46 +63,45 @@ def mask_weights(im: Image.Image) -> Image.Image:
 
 
 def composite(original: bytes, result: bytes, mask: Image.Image, output_format: OutputFormat,
-              *, quality: int = 95, webp_lossless: bool = True) -> bytes:
+              *, quality: int | None = None) -> bytes:
     """The original with the mask's area taken from the result, encoded as `output_format`.
 
     `original` is the validated, upright input; `result` the upstream's image, scaled to the
     original's size with LANCZOS when its size differs; `mask` the "L" weights from `load_mask`
     (same size as the original, else InvalidRequest `mask_size_mismatch`). Per pixel:
     mask 255 -> result, 0 -> original, between -> linear blend. The output has an alpha
-    channel when the original has one (not for JPEG). For PNG, and WebP with `webp_lossless`
-    (the default), pixels under a black mask are bit-identical to the original's. Raises
-    InvalidRequest (`invalid_image`) when either image cannot be decoded.
+    channel when the original has one (not for JPEG) and keeps the original's ICC profile; it
+    is encoded by `encode.encode` (PNG, and WebP without a `quality`, are lossless: pixels
+    under a black mask are bit-identical to the original's). Raises InvalidRequest
+    (`invalid_image`) when either image cannot be decoded.
     """
-    with open_image(original, param="image", max_bytes=_RESULT_MAX_BYTES,
-                    max_pixels=_RESULT_MAX_PIXELS) as orig_im, \
-         open_image(result, param="result", max_bytes=_RESULT_MAX_BYTES,
-                    max_pixels=_RESULT_MAX_PIXELS) as res_im:
-        if mask.size != orig_im.size:
-            raise InvalidRequest(
-                f"mask: the mask is {mask.width}x{mask.height} but the image is "
-                f"{orig_im.width}x{orig_im.height}; they must have the same size.",
-                param="mask", code="mask_size_mismatch")
-        has_alpha = "A" in orig_im.getbands() or (
-            orig_im.mode == "P" and "transparency" in orig_im.info)
-        mode = "RGBA" if has_alpha and output_format != "jpeg" else "RGB"
-        base = to_8bit(orig_im).convert(mode)
-        top = to_8bit(res_im).convert(mode)
-        if top.size != base.size:
-            top = top.resize(base.size, Image.Resampling.LANCZOS)
-        merged = Image.composite(top, base, mask if mask.mode == "L" else mask.convert("L"))
-        return _encode(merged, output_format, quality=quality, webp_lossless=webp_lossless)
+    with open_result(original, param="image") as orig_im, \
+         open_result(result, param="result") as res_im:
+        merged = blend(orig_im, res_im, mask, alpha=output_format != "jpeg")
+        return encode(merged, output_format, quality=quality,
+                      icc_profile=orig_im.info.get("icc_profile"))
 
 
-def _encode(im: Image.Image, fmt: OutputFormat, *, quality: int, webp_lossless: bool) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "png":
-        im.save(buf, "PNG")
-    elif fmt == "webp":
-        if webp_lossless:
-            im.save(buf, "WEBP", lossless=True, exact=True, quality=100, method=4)
-        else:
-            im.save(buf, "WEBP", quality=quality)
-    else:
-        im.convert("RGB").save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+def open_result(data: bytes, *, param: str = "result") -> Image.Image:
+    """An upstream result (or a stored input) decoded under the generous result limits."""
+    return open_image(data, param=param, max_bytes=_RESULT_MAX_BYTES,
+                      max_pixels=_RESULT_MAX_PIXELS)
+
+
+def blend(original: Image.Image, result: Image.Image, mask: Image.Image, *,
+          alpha: bool = True) -> Image.Image:
+    """The composite of decoded images (see `composite`): `result` scaled to the original's
+    size when it differs, taken where `mask` (the original's size) is white. RGBA when the
+    original has transparency and `alpha`, else RGB. Raises InvalidRequest
+    (`mask_size_mismatch`) when the mask is not the original's size."""
+    if mask.size != original.size:
+        raise InvalidRequest(
+            f"mask: the mask is {mask.width}x{mask.height} but the image is "
+            f"{original.width}x{original.height}; they must have the same size.",
+            param="mask", code="mask_size_mismatch")
+    mode = "RGBA" if alpha and has_alpha(original) else "RGB"
+    base = to_8bit(original).convert(mode)
+    top = to_8bit(result).convert(mode)
+    if top.size != base.size:
+        top = top.resize(base.size, Image.Resampling.LANCZOS)
+    return Image.composite(top, base, mask if mask.mode == "L" else mask.convert("L"))

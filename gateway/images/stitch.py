@@ -8,7 +8,6 @@ job record can say so. Synchronous Pillow work: call it in a thread.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ from PIL import Image
 
 from adapters.base import OutputFormat
 from gateway.errors import InvalidRequest
+from gateway.images.colour import convert
+from gateway.images.encode import MIME, encode
 from gateway.images.modes import to_8bit
 from gateway.images.validate import open_image
-
-_MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +77,17 @@ def plan_layout(sizes: Sequence[tuple[int, int]], *, max_pixels: int) -> tuple[T
 
 def stitch(images: Sequence[bytes], *, max_pixels: int = 20_000_000,
            output_format: OutputFormat = "png", param: str = "image",
-           max_bytes: int = 20 * 1024 * 1024, max_input_pixels: int = 20_000_000) -> Stitched:
+           max_bytes: int = 20 * 1024 * 1024, max_input_pixels: int = 20_000_000,
+           max_output_bytes: int = 20 * 1024 * 1024) -> Stitched:
     """One image holding `images` left to right, heights equalised (see `plan_layout`).
 
     Every input is validated like an input image against `max_bytes`/`max_input_pixels`
     (raising as `open_image` does, naming `param[i]`); the output is within `max_pixels`, RGBA
-    when any input has transparency (RGB for JPEG), resampled with LANCZOS.
+    when any input has transparency (RGB for JPEG), resampled with LANCZOS, and encoded by
+    `encode.encode` (PNG and WebP lossless; JPEG q95 4:4:4). A PNG canvas without
+    transparency over `max_output_bytes` is written as JPEG instead. Colour: inputs sharing one
+    ICC profile give a canvas tagged with it; with different profiles every tagged input is
+    converted to sRGB and the canvas is untagged (sRGB), so no tile changes meaning.
     Raises InvalidRequest when `images` is empty.
     """
     if not images:
@@ -99,20 +103,24 @@ def stitch(images: Sequence[bytes], *, max_pixels: int = 20_000_000,
         mode = "RGBA" if alpha else "RGB"
         width = layout[-1].x + layout[-1].width
         canvas = Image.new(mode, (width, layout[0].height), (0, 0, 0, 0) if alpha else "black")
+        profiles = {im.info.get("icc_profile") or None for im in opened}
+        shared = profiles.pop() if len(profiles) == 1 else None  # one profile (or none) for all
         for im, tile in zip(opened, layout, strict=True):
             part = to_8bit(im).convert(mode)
+            icc = im.info.get("icc_profile")
+            if shared is None and isinstance(icc, bytes) and icc:  # mixed: all as sRGB
+                part = convert(part, icc, None) or part
             if part.size != (tile.width, tile.height):
                 part = part.resize((tile.width, tile.height), Image.Resampling.LANCZOS)
             canvas.paste(part, (tile.x, 0))
     finally:
         for im in opened:
             im.close()
-    buf = io.BytesIO()
-    if output_format == "jpeg":
-        canvas.save(buf, "JPEG", quality=95)
-    elif output_format == "webp":
-        canvas.save(buf, "WEBP", lossless=True)
-    else:
-        canvas.save(buf, "PNG")
-    return Stitched(data=buf.getvalue(), mime=_MIME[output_format], width=canvas.width,
-                    height=canvas.height, layout=layout)
+    fmt = output_format
+    icc = shared if isinstance(shared, bytes) else None
+    data = encode(canvas, fmt, icc_profile=icc)
+    if fmt == "png" and len(data) > max_output_bytes and not alpha:
+        fmt = "jpeg"  # a lossless canvas over the input limit: one generation at q95 4:4:4
+        data = encode(canvas, fmt, icc_profile=icc)
+    return Stitched(data=data, mime=MIME[fmt], width=canvas.width, height=canvas.height,
+                    layout=layout)

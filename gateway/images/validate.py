@@ -24,7 +24,8 @@ from PIL import Image, ImageFile
 
 from adapters.base import InputImage
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
-from gateway.images.modes import to_8bit
+from gateway.images.provenance import has_c2pa
+from gateway.images.reencode import reencode_input
 
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _PILLOW_GUARD_PIXELS = 40_000_000  # Pillow warns above this and raises above twice this
@@ -134,6 +135,23 @@ def open_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
         raise
 
 
+def upright_size(data: bytes) -> tuple[int, int] | None:
+    """The (width, height) an image shows at, EXIF orientation applied, read from its header
+    only (nothing is decoded); None when the header cannot be read or the image is over
+    Pillow's bomb guard. For bytes that may be passed on untouched."""
+    fmt = sniff(data)
+    if fmt is None:
+        return None
+    harden_pillow()
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            w, h = im.size
+            return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning):
+        return None
+
+
 def _orientation(im: Image.Image) -> int:
     try:
         value = im.getexif().get(_ORIENTATION_TAG, 1)
@@ -155,36 +173,42 @@ def _check_ratio(param: str, w: int, h: int, lo: float | None, hi: float | None)
 
 
 def validate_image(data: bytes, *, param: str, max_bytes: int, max_pixels: int,
-                   min_ratio: float | None = None,
-                   max_ratio: float | None = None) -> InputImage:
+                   min_ratio: float | None = None, max_ratio: float | None = None,
+                   notes: list[str] | None = None) -> InputImage:
     """A validated, upright input image, ready to send upstream.
 
     The bytes come back unchanged when they are a still PNG/JPEG/WebP with no EXIF rotation;
-    otherwise (an EXIF orientation other than 1, any GIF, an animated WebP) they are re-encoded
-    as PNG of the upright first frame: for an animated GIF or WebP only the first frame is
-    used. `width`/`height` are the upright size. Raises as `open_image` does (413 bytes, 415
-    not an image, 400 pixels/aspect ratio/undecodable), naming `param` and the limit.
-    CPU-bound: call it in a thread.
+    otherwise (an EXIF orientation other than 1, any GIF, an animated WebP) the upright first
+    frame is re-encoded by `reencode.reencode_input`: a JPEG as JPEG at quality 95, the others
+    as lossless PNG, within `max_bytes` (scaled down if it must be). What was done is
+    appended to `notes` when given. `width`/`height` are the upright size sent. Raises as
+    `open_image` does (413 bytes, 415 not an image, 400 pixels/aspect ratio/undecodable),
+    naming `param` and the limit. CPU-bound: call it in a thread.
     """
     fmt = sniff(data)
     with open_image(data, param=param, max_bytes=max_bytes, max_pixels=max_pixels,
                     min_ratio=min_ratio, max_ratio=max_ratio) as im:
-        animated = bool(getattr(im, "is_animated", False)) if fmt == "WEBP" else False
+        animated = bool(getattr(im, "is_animated", False)) if fmt in ("WEBP", "GIF") else False
         rotated = im.format is None  # transposed images lose `format`
-        if fmt == "GIF" or animated or rotated:
-            data = encode_png(im)
-            fmt = "PNG"
         assert fmt is not None
-        return InputImage(data=data, mime=_MIME[fmt], width=im.width, height=im.height)
+        if not (fmt == "GIF" or animated or rotated):
+            return InputImage(data=data, mime=_MIME[fmt], width=im.width, height=im.height)
+        original = data
+        data, mime, (width, height), how = reencode_input(im, fmt, max_bytes=max_bytes)
+        if notes is not None:
+            why = ("its EXIF orientation was applied" if rotated else
+                   "its first frame was taken" if animated else "it was a GIF")
+            lost = "; its C2PA content credentials were not kept" if has_c2pa(original) else ""
+            notes.append(f"{param}: {why}; sent upstream re-encoded {how}{lost}")
+        return InputImage(data=data, mime=mime, width=width, height=height)
 
 
-def encode_png(im: Image.Image) -> bytes:
-    """Lossless PNG bytes of `im` (16-bit samples scaled to 8 bits, see `modes.to_8bit`;
-    palette and odd modes normalised to RGB or RGBA)."""
-    im = to_8bit(im)
-    has_alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
-    if im.mode not in ("RGB", "RGBA", "L", "LA"):
-        im = im.convert("RGBA" if has_alpha else "RGB")
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
+def animation(data: bytes) -> str | None:
+    """The format of an animated image (`GIF`, `WEBP`, `PNG` for APNG) with more than one
+    frame, or None for a still or unreadable one. Reads the header and seeks one frame."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return str(im.format) if getattr(im, "is_animated", False) else None
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError):
+        return None
+

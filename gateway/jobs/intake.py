@@ -14,10 +14,13 @@ from typing import Any
 
 from adapters.buckets import MAX_RATIO, MIN_RATIO, bucket_for_ratio, ratio_text
 from gateway.errors import InvalidRequest
+from gateway.images.addresses import url_in_text
 from gateway.jobs.model import OutputFormat
 
 _RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:xX\u00d7*v]\s*(\d+(?:\.\d+)?)\s*$")
-_URL_RE = re.compile(r"https?://[^\s<>\"')\]]+", re.IGNORECASE)
+#: a URL in a prompt: http(s) (IPv6 literals included) or a refused scheme's form, which the
+#: fetcher then refuses (see `addresses.url_in_text`)
+_URL_RE = re.compile(url_in_text(r"[^\s<>\"')\]]"), re.IGNORECASE)
 _FORMATS: dict[str, OutputFormat] = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 MAX_SEED = 2**32 - 1
 
@@ -81,6 +84,37 @@ def parse_output_format(value: Any, *, default: OutputFormat = "png") -> OutputF
     return fmt
 
 
+def _percent(value: Any, *, param: str) -> int:
+    try:
+        number = parse_int(value, param=param)
+    except InvalidRequest:
+        number = -1
+    if not 0 <= number <= 100:
+        raise InvalidRequest(f"Invalid {param} {value!r}: use an integer from 0 to 100.",
+                             param=param, code=f"invalid_{param}")
+    return number
+
+
+def parse_quality(*, output_compression: Any = None, quality: Any = None,
+                  output_quality: Any = None) -> int | None:
+    """The JPEG/WebP quality asked for (0..100), or None for the default.
+
+    `output_compression` (OpenAI) wins, then `output_quality` (Replicate), then `quality` when
+    it is a number: OpenAI's words (`low`, `medium`, `high`, `auto`, `hd`, `standard`) mean no
+    number and are ignored. Raises InvalidRequest naming the field for a number outside
+    0..100 or a value that is no integer."""
+    for value, param in ((output_compression, "output_compression"),
+                         (output_quality, "output_quality")):
+        if value is not None and value != "":
+            return _percent(value, param=param)
+    if quality is None or isinstance(quality, bool):
+        return None
+    text = str(quality).strip()
+    if not text or not (text[0].isdigit() or text[0] in "+-."):
+        return None  # a word: OpenAI's quality levels, not a number
+    return _percent(quality, param="quality")
+
+
 def parse_seed(value: Any) -> int:
     """An explicit seed, or a random one for None / -1 / ''."""
     if value is None or value == "":
@@ -131,6 +165,17 @@ def parse_bool(value: Any, *, param: str) -> bool:
     raise InvalidRequest(f"Invalid {param} {value!r}: expected true or false.", param=param)
 
 
+def parse_switch(value: Any, *, param: str) -> bool:
+    """A protocol boolean such as `stream`: a JSON boolean, or the text `true`/`false` a
+    multipart form carries (any case). `"yes"`, `1`, `"on"` are refused (InvalidRequest):
+    a client that sends them means something this API does not promise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InvalidRequest(f"Invalid {param} {value!r}: expected true or false.", param=param)
+
+
 def parse_n(value: Any, *, maximum: int = 4) -> int:
     n = 1 if value is None else parse_int(value, param="n")
     if not 1 <= n <= maximum:
@@ -151,7 +196,8 @@ def parse_safety(value: Any) -> int | None:
 
 def split_leading_urls(prompt: str) -> tuple[list[str], str]:
     """Image URLs at the start of a prompt (space separated, as resellers document) and the
-    prompt without them."""
+    prompt without them. IPv6 literal hosts count, and so do `file:`/`gopher:`/... forms,
+    so that the fetcher refuses them rather than an upstream reading them as words."""
     urls: list[str] = []
     rest = prompt.lstrip()
     while True:
@@ -164,7 +210,8 @@ def split_leading_urls(prompt: str) -> tuple[list[str], str]:
 
 
 def split_all_urls(text: str) -> tuple[list[str], str]:
-    """Every http(s) URL anywhere in `text`, and the text without them (spaces collapsed)."""
+    """Every URL (as `split_leading_urls` sees them) anywhere in `text`, and the text without
+    them (spaces collapsed)."""
     urls = _URL_RE.findall(text)
     rest = _URL_RE.sub(" ", text)
     return urls, re.sub(r"[ \t]+", " ", rest).strip()

@@ -63,6 +63,7 @@ class JobSpec(BaseModel):
     aspect_ratio: str | None = None
     seed: int
     output_format: OutputFormat = "png"
+    quality: int | None = Field(default=None, ge=0, le=100)  # JPEG/WebP quality asked, 0..100
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -20,12 +20,13 @@ from gateway.errors import InvalidRequest
 from gateway.images.budget import PixelBudget, header_pixels
 from gateway.images.fetch import ImageFetcher
 from gateway.images.masks import load_mask
-from gateway.images.validate import sniff, validate_image
+from gateway.images.validate import animation, sniff, validate_image
 from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobSpec, OutputFormat
 from gateway.jobs.service import JobService
 from gateway.jobs.tables import JobRow
 from gateway.settings import LimitSettings
+from gateway.storable import refuse_unstorable
 from gateway.storage.files import FileStore
 from gateway.storage.tables import FileRow
 
@@ -43,6 +44,7 @@ class Order:
     operation: Literal["generate", "edit"] = "generate"
     aspect_ratio: str | None = None
     output_format: OutputFormat = "png"
+    quality: int | None = None  # JPEG/WebP quality 0..100 (intake.parse_quality)
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,14 +77,17 @@ class OrderDesk:
         self.budget = budget or PixelBudget(limits.decode_pixel_budget, limits.decode_wait)
 
     async def load_image(self, param: str, data: bytes,
-                         ratio: tuple[float, float] | None = None) -> InputImage:
+                         ratio: tuple[float, float] | None = None,
+                         notes: list[str] | None = None) -> InputImage:
         """Validate uploaded or fetched bytes (raises 400/413/415 naming `param`); `ratio`
-        bounds the upright width/height."""
+        bounds the upright width/height; a re-encoding (EXIF rotation, GIF...) is noted in
+        `notes`."""
         lo, hi = ratio if ratio is not None else (None, None)
         async with self.budget.admit(header_pixels(data)):  # bounded memory: see budget.py
             return await anyio.to_thread.run_sync(lambda: validate_image(
                 data, param=param, max_bytes=self.limits.max_image_bytes,
-                max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi))
+                max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi,
+                notes=notes))
 
     def check_image_count(self, count: int, param: str = "image") -> None:
         """Raise InvalidRequest (`too_many_images`) above the per-request cap."""
@@ -92,7 +97,8 @@ class OrderDesk:
                                  param=param, code="too_many_images")
 
     async def inputs(self, order: Order) -> list[InputImage]:
-        """Every input image of the order, fetched and validated, in order."""
+        """Every input image of the order, fetched and validated, in order. An animated one
+        is used as its first frame, and the order's `notes` say so."""
         self.check_image_count(len(order.image_refs) + len(order.image_blobs))
         blobs = list(order.image_blobs)
         if order.image_refs:  # fetched at once, not one after another (chat headers wait)
@@ -104,7 +110,40 @@ class OrderDesk:
                 raise group_error.exceptions[0] from None
             blobs += [(param, task.result())
                       for (param, _), task in zip(order.image_refs, fetches, strict=True)]
-        return [await self.load_image(param, data, order.input_ratio) for param, data in blobs]
+        images = []
+        for param, data in blobs:
+            images.append(await self.load_image(param, data, order.input_ratio, order.notes))
+            fmt = await anyio.to_thread.run_sync(animation, data)
+            if fmt is not None:  # kept, as the upstreams would take it, but said
+                order.notes.append(f"{param}: an animated {'APNG' if fmt == 'PNG' else fmt} "
+                                   "image; only its first frame was used")
+        return images
+
+    def check_mask_slots(self, customer: Customer, model: str, count: int) -> None:
+        """Raise InvalidRequest (`mask_with_stitching`) when no channel that could serve
+        `model` for this customer takes `count` input images: they would be stitched into one
+        image, where the mask (drawn on the first image) has no defined place."""
+        router = self.jobs.router
+        channels = ([router.test_channel] if customer.mode == "test"
+                    else [c for c in router.channels if c.serves(model)])
+        slots = max((c.adapter.capabilities.max_input_images for c in channels if c is not None),
+                    default=count)
+        if slots < count:
+            raise InvalidRequest(
+                f"mask: the channels for {model} take at most {slots} input image(s), so the "
+                f"{count} images would be stitched into one, and a mask cannot be placed on a "
+                "stitched result. Send the image to edit alone with its mask, or no mask.",
+                param="mask", code="mask_with_stitching")
+
+    def check_prompt_length(self, order: Order) -> None:
+        """Raise InvalidRequest (`string_above_max_length`, naming `prompt`) when the prompt
+        is longer than `limits.max_prompt_chars` allows for the order's API family."""
+        limit = self.limits.max_prompt_chars.for_surface(order.surface)
+        if len(order.prompt) > limit:
+            raise InvalidRequest(
+                f"Invalid 'prompt': string too long. Expected a string with maximum length "
+                f"{limit}, but got a string with length {len(order.prompt)} instead.",
+                param="prompt", code="string_above_max_length")
 
     async def store_mask(self, customer: Customer, mask: bytes,
                          images: list[InputImage]) -> FileRow:
@@ -137,12 +176,17 @@ class OrderDesk:
 
         A mask is validated against the first input image and stored (`kind="mask"`); the
         job service composites each result with that input (see `JobService._store`)."""
+        refuse_unstorable(order.prompt, "prompt")  # NUL & co (both databases alike)
+        refuse_unstorable(order.extra)
+        self.check_prompt_length(order)
         if not order.prompt.strip():
             raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
                                  param="prompt", code="invalid_prompt")
         images = await self.inputs(order)
         files = []
         mask_id = None
+        if order.mask is not None and len(images) > 1:
+            self.check_mask_slots(customer, order.model, len(images))
         if order.mask is not None:
             files.append(await self.store_mask(customer, order.mask, images))
             mask_id = files[-1].id
@@ -160,6 +204,7 @@ class OrderDesk:
                     input_file_ids=file_ids, mask_file_id=mask_id,
                     aspect_ratio=order.aspect_ratio, notes=list(order.notes),
                     seed=(order.seed + i) % (MAX_SEED + 1), output_format=order.output_format,
+                    quality=order.quality,
                     safety_tolerance=order.safety_tolerance,
                     prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),
                     webhook_url=order.webhook_url, webhook_secret=order.webhook_secret)

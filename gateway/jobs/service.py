@@ -44,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import anyio
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.base import (
@@ -72,17 +72,17 @@ from gateway.errors import (
     Timeout,
     UpstreamError,
 )
-from gateway.images.masks import composite, load_mask
+from gateway.images.provenance import has_c2pa
 from gateway.images.stitch import stitch
-from gateway.images.validate import sniff
 from gateway.jobs import channel_state, leases
 from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
+from gateway.jobs.results import finish_result
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
 from gateway.settings import JobSettings
-from gateway.storage.files import FileStore, image_size
+from gateway.storage.files import FileStore
 from gateway.storage.tables import FileRow
 from gateway.webhooks.outbox import Outbox
 
@@ -98,11 +98,26 @@ UNFINISHED = [s.value for s in JobStatus if not s.terminal]
 #: the tables: the pipeline's statements are Core (no ORM unit of work, no identity map)
 _JOBS = cast(Table, JobRow.__table__)
 _FILES = cast(Table, FileRow.__table__)
+
+
+@functools.cache
+def _update_statement(columns: tuple[str, ...], running_here: bool) -> Any:
+    """The guarded UPDATE of a job's `columns`, built once per column set (so the hot path
+    reuses the statement and SQLAlchemy's compiled form). `running_here`: only while it is
+    unfinished and this runner's (or nobody's); else: only while it is not terminal."""
+    guard = [_JOBS.c.id == bindparam("job_id")]
+    if running_here:
+        guard += [_JOBS.c.status.in_(UNFINISHED),
+                  or_(_JOBS.c.runner == bindparam("job_runner"), _JOBS.c.runner.is_(None))]
+    else:
+        guard.append(_JOBS.c.status.not_in(TERMINAL))
+    return update(_JOBS).where(*guard).values({c: bindparam(f"v_{c}") for c in columns})
+
+
 #: what a running job gathers in memory and writes with its next write (T2 or T3)
 _PROGRESS = ("stage", "channel", "upstream_model", "upstream_id", "poll_url", "upstream_handle",
              "attempts", "polls", "spec", "timeline", "outputs", "upstream_cost",
              "upstream_latency", "submitted_at")
-_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _CANCEL_TIMEOUT = 15.0  # seconds for a best-effort upstream cancel
 _DOWNLOAD_ATTEMPTS = 3  # a result download is a safe GET: retried on transient failures
 _STITCH_MAX_PIXELS = 4_000_000  # Kontext works at ~1 MP; keeps the merged upload small
@@ -359,12 +374,12 @@ class JobService:
         now = _now()
         changes = {**{k: getattr(row, k) for k in _PROGRESS}, **values, "updated_at": now}
 
+        stmt = _update_statement(tuple(sorted(changes)), True)
+        params = {f"v_{k}": v for k, v in changes.items()}
+        params.update(job_id=row.id, job_runner=self.runner_id)
+
         async def work(session: AsyncSession) -> bool:
-            result = await session.execute(
-                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.in_(UNFINISHED),
-                                    or_(_JOBS.c.runner == self.runner_id,
-                                        _JOBS.c.runner.is_(None)))
-                .values(**changes))
+            result = await session.execute(stmt, params)
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
         if not await self.writer.run(work):
@@ -430,7 +445,7 @@ class JobService:
         if len(inputs) <= slots:
             return inputs, spec
         if not stitched:
-            fmt: OutputFormat = "jpeg" if all(i.mime == "image/jpeg" for i in inputs) else "png"
+            fmt: OutputFormat = "png"  # lossless: a JPEG input gets no second generation
             merged = await anyio.to_thread.run_sync(lambda: stitch(
                 [i.data for i in inputs], output_format=fmt, max_pixels=_STITCH_MAX_PIXELS,
                 max_bytes=max(len(i.data) for i in inputs),
@@ -442,6 +457,10 @@ class JobService:
             note = (f"channel {channel.name} takes {slots} input image(s): the {len(inputs)} "
                     f"inputs were stitched side by side into one {merged.width}x"
                     f"{merged.height} image ({layout})")
+            signed = [str(i + 1) for i, image in enumerate(inputs) if has_c2pa(image.data)]
+            if signed:  # never stripped silently (issue 10 item 8)
+                note += (f"; the C2PA content credentials of input #{', #'.join(signed)} "
+                         "were not kept in the stitched image")
             spec = spec.model_copy(update={"notes": [*spec.notes, note]})
             row.spec = spec.model_dump(mode="json")  # written with the job's next write
         if spec.aspect_ratio is None:
@@ -466,7 +485,7 @@ class JobService:
         return UpstreamRequest(
             model=channel.upstream_model(spec.model), prompt=spec.prompt,
             operation=spec.operation, images=tuple(inputs), aspect_ratio=ratio,
-            width=width, height=height, seed=spec.seed, output_format=fmt,
+            width=width, height=height, seed=spec.seed, output_format=fmt, quality=spec.quality,
             safety_tolerance=safety, prompt_upsampling=spec.prompt_upsampling,
             extra=dict(spec.extra))
 
@@ -511,6 +530,9 @@ class JobService:
                            inputs: list[InputImage], stitched: list[InputImage]) -> _Attempt:
         """Submit to one channel and, once accepted, follow the job to its end (done=True).
         Refusals that another channel (or a later round) may not meet answer done=False."""
+        if spec.mask_file_id and len(inputs) > channel.adapter.capabilities.max_input_images:
+            return _Attempt(error=f"channel {channel.name} would stitch the inputs, and a mask "
+                            "cannot be placed on a stitched result")
         sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
         if channel.would_wait(spec.model) and row.status == JobStatus.RUNNING.value:
             # it may wait long for a slot: a restart meanwhile may submit it again
@@ -659,22 +681,6 @@ class JobService:
         except (AdapterError, TimeoutError) as exc:
             log.warning("cancel of upstream job %s failed: %s", upstream.id, exc)
 
-    async def _apply_mask(self, spec: JobSpec, result: bytes) -> bytes:
-        """The first input with the mask's area taken from `result` (scaled to the input's
-        size), encoded as the requested output format. Raises InvalidRequest when the result
-        cannot be decoded."""
-        assert spec.mask_file_id is not None
-        mask_row, mask = await self.files.read(spec.mask_file_id)
-        input_row, original = await self.files.read(spec.input_file_ids[0])
-        size = (input_row.width or 0, input_row.height or 0)
-
-        def work() -> bytes:
-            with load_mask(mask, image_size=size, max_bytes=max(mask_row.size, 1),
-                           max_pixels=max(size[0] * size[1], 1)) as weights:
-                return composite(original, result, weights, spec.output_format)
-
-        return await anyio.to_thread.run_sync(work)
-
     async def _download(self, channel: Channel, output: UpstreamOutput) -> bytes:
         """The result's bytes within `download_timeout` in total. A download is a safe GET:
         a transient failure (UpstreamUnavailable) is retried, at most `_DOWNLOAD_ATTEMPTS`
@@ -700,21 +706,14 @@ class JobService:
             for output in upstream.outputs:
                 data = output.data if output.data is not None \
                     else await self._download(channel, output)
-                fmt = sniff(data)
-                if fmt is None:
-                    raise UpstreamRejected("the upstream returned something that is not an image")
-                if spec.mask_file_id and spec.input_file_ids:
-                    try:
-                        data = await self._apply_mask(spec, data)
-                    except InvalidRequest as exc:
-                        raise UpstreamRejected(f"the result could not be masked: {exc.message}"
-                                               ) from exc
-                    fmt = sniff(data)
-                    assert fmt is not None
-                size = await anyio.to_thread.run_sync(image_size, data)
-                if size is None:
-                    raise UpstreamRejected("the upstream returned an unreadable image")
-                stored = await self.files.stage(data, _MIME[fmt], kind="output", job_id=row.id,
+                try:  # format, ratio, quality and mask as asked (gateway/images/output.py)
+                    done = await finish_result(self.files, spec, data, fit=channel.settings.fit)
+                except InvalidRequest as exc:
+                    raise UpstreamRejected(f"the result is unusable: {exc.message}") from exc
+                data, size = done.data, (done.width, done.height)
+                if done.notes:  # what the output pipeline changed, after the job's own notes
+                    row.spec = {**row.spec, "notes": [*row.spec.get("notes", []), *done.notes]}
+                stored = await self.files.stage(data, done.mime, kind="output", job_id=row.id,
                                                 key_id=row.key_id, size=size)
                 staged.append(stored)
                 outputs.append(JobOutput(file_id=stored.id, ext=stored.ext,
@@ -751,13 +750,17 @@ class JobService:
         changes.update(status=status.value, error_code=code, error_message=message,
                        finished_at=now, updated_at=now, stage=stage.value, charged=charged,
                        timeline=[*row.timeline, {"stage": stage.value, "at": now.isoformat()}])
-        final = JobRow(**{**values_of(row), **changes})  # what the webhook payload shows
+        # what the webhook payload shows (only built for a job that has a webhook)
+        final = JobRow(**{**values_of(row), **changes}) \
+            if self.outbox is not None and (row.spec or {}).get("webhook_url") else None
         file_values = [values_of(f) for f in files]
 
+        stmt = _update_statement(tuple(sorted(changes)), False)
+        params = {f"v_{k}": v for k, v in changes.items()}
+        params["job_id"] = row.id
+
         async def work(session: AsyncSession) -> tuple[bool, bool]:
-            result = await session.execute(
-                update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.status.not_in(TERMINAL))
-                .values(**changes))
+            result = await session.execute(stmt, params)
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False, False
             if file_values:
@@ -768,7 +771,8 @@ class JobService:
                                         upstream_cost=row.upstream_cost)
                 else:
                     await ledger.release(session, row.key_id, row.id, fee=charged, note=code)
-            queued = await self.outbox.add(session, final) if self.outbox is not None else None
+            queued = await self.outbox.add(session, final) \
+                if self.outbox is not None and final is not None else None
             return True, queued is not None
 
         done, queued = await self.writer.run(work)

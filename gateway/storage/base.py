@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -11,6 +14,14 @@ class StorageError(Exception):
 
 class ObjectMissing(StorageError):
     """No object under that key."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One object as a listing shows it: its key and when it was last written (UTC)."""
+
+    key: str
+    modified: datetime
 
 
 class Storage(Protocol):
@@ -25,3 +36,8 @@ class Storage(Protocol):
         ...
 
     async def delete(self, key: str) -> None: ...
+
+    def scan(self) -> AsyncIterator[StoredObject]:
+        """Every object under the storage's root or prefix, including half-written leftovers
+        of crashed writes, in no particular order (for the orphan sweep)."""
+        ...

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
-from gateway.storage.base import ObjectMissing, StorageError
+from gateway.storage.base import ObjectMissing, StorageError, StoredObject
 
 
 class LocalStorage:
@@ -51,3 +53,33 @@ class LocalStorage:
             await anyio.Path(self._path(key)).unlink()
         except FileNotFoundError:
             pass
+
+    async def scan(self) -> AsyncIterator[StoredObject]:
+        """Every file under the root (temporary `.name.uuid.tmp` files of interrupted writes
+        too), one directory read at a time in a worker thread."""
+
+        def read(directory: Path) -> tuple[list[Path], list[StoredObject]]:
+            dirs: list[Path] = []
+            found: list[StoredObject] = []
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                return dirs, found
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        dirs.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        key = Path(entry.path).relative_to(self.root).as_posix()
+                        found.append(StoredObject(key, datetime.fromtimestamp(
+                            entry.stat(follow_symlinks=False).st_mtime, UTC)))
+                except FileNotFoundError:  # removed while we looked
+                    continue
+            return dirs, found
+
+        pending = [self.root]
+        while pending:
+            dirs, found = await anyio.to_thread.run_sync(read, pending.pop())
+            pending.extend(dirs)
+            for obj in found:
+                yield obj

@@ -2,12 +2,14 @@
 
 The bucket stays private: the gateway still serves every file itself at `/files/{id}.{ext}`
 with its own signed URLs, so no S3 URL is ever handed out and the bucket needs no public access.
-The credentials need s3:PutObject, s3:GetObject and s3:DeleteObject on `{prefix}/*`.
+The credentials need s3:PutObject, s3:GetObject and s3:DeleteObject on `{prefix}/*`, and
+s3:ListBucket on the bucket for the orphan sweep (`storage.sweep_interval`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 
@@ -15,7 +17,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gateway.storage.base import ObjectMissing, StorageError
+from gateway.storage.base import ObjectMissing, StorageError, StoredObject
 
 #: error codes that mean "no such object" (GetObject answers NoSuchKey; a HEAD-style 404 too)
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -120,3 +122,16 @@ class S3Storage:
             raise StorageError(f"S3 delete {key!r} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 delete {key!r} failed: {exc}") from exc
+
+    async def scan(self) -> AsyncIterator[StoredObject]:
+        """Every object under `prefix/` (ListObjectsV2, 1,000 a page), keys without the
+        prefix. Raises StorageError when listing fails."""
+        client = self._require_client()
+        start = f"{self.prefix}/" if self.prefix else ""
+        try:
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+                for item in page.get("Contents", []):
+                    yield StoredObject(item["Key"][len(start):], item["LastModified"])
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"S3 list {self.bucket!r} failed: {exc}") from exc

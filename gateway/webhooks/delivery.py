@@ -302,7 +302,7 @@ class DeliveryWorker:
     def _signer_for(self, row: WebhookDeliveryRow) -> Signer:
         if row.secret is None:
             return self.signer
-        return Signer.from_secret(self.box.open(row.secret))
+        return Signer.from_stored_secret(self.box.open(row.secret))  # rows from before too
 
     async def _attempt(self, row: WebhookDeliveryRow, token: str) -> None:
         started = self.clock()

@@ -6,9 +6,10 @@
 * `outbox` writes delivery rows inside the job's terminal transaction (see `outbox.py`);
 * `worker` delivers them (see `delivery.py`).
 
-Secrets: a request's own `webhook_secret` (`whsec_<base64>` or a raw string used as UTF-8
-bytes) signs that request's webhooks; it is stored only sealed (`SecretBox`), in the job's spec
-and then in the delivery row, because it must stay usable for ~3 days of retries and across
+Secrets: a request's own `webhook_secret` (`whsec_<base64>` or the base64 alone, read as the
+`standardwebhooks` verifiers read it; anything else is a 400) signs that request's
+webhooks; it is stored only sealed (`SecretBox`), in the job's spec and then in the delivery
+row, because it must stay usable for ~3 days of retries and across
 restarts. Requests without one are signed with the gateway-wide `whsec_` secret
 (`webhooks.secret`, else generated once into `$data_dir/webhook.key`; shown by
 `fluxgate webhooks secret`). The sealing key is derived from that gateway secret.
@@ -75,15 +76,15 @@ class WebhookService:
 
         Raises InvalidRequest: `url_not_allowed` (SSRF policy) or `invalid_webhook_url`
         naming `webhook_url`, `invalid_webhook_secret` naming `webhook_secret`."""
-        if url is None or not url.strip():
-            return None, None
-        url = url.strip()
-        if secret:
+        if secret:  # checked with or without a URL: a secret no verifier can use is an error
             try:
                 parse_secret(secret)
             except SecretError as exc:
                 raise InvalidRequest(f"webhook_secret: {exc}.", param="webhook_secret",
                                      code="invalid_webhook_secret") from exc
+        if url is None or not url.strip():
+            return None, None
+        url = url.strip()
         shown = url if len(url) <= 200 else url[:200] + "..."
         try:
             if len(url) > MAX_URL_CHARS:

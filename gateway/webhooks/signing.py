@@ -1,12 +1,11 @@
 """Webhook secrets and Standard Webhooks v1 signatures (HMAC-SHA256, `v1,<base64>`).
 
-Secrets come in two shapes:
-
-* `whsec_<base64>` (Standard Webhooks / Svix): the HMAC key is the base64-decoded part. This is
-  the shape of the gateway-wide secret (`generate_secret()`, 32 random bytes).
-* anything else (a reseller/BFL-style raw `webhook_secret` sent with a request): the HMAC key
-  is the string's UTF-8 bytes. Receivers verify with `standardwebhooks.Webhook(secret.encode())`
-  (bytes are used as the key as they are); a `whsec_` secret is passed as the string.
+A secret is what the official `standardwebhooks` verifiers take as a string (Python
+`Webhook(secret)`, JavaScript `new Webhook(secret)`): `whsec_<base64>` or the same base64
+without the prefix; the HMAC key is the base64-decoded part either way (32 random bytes for the
+gateway-wide secret, `generate_secret()`). Anything that is not base64 (standard alphabet,
+padding optional) is refused: the Python verifier would silently drop its other characters and
+the JavaScript one throws, so no verifier given that string could check the signature.
 
 Signing itself is done by the `standardwebhooks` library (`Webhook.sign`), over the exact bytes
 that are sent: `"{webhook-id}.{webhook-timestamp}.{body}"`.
@@ -32,7 +31,7 @@ from pathlib import Path
 from standardwebhooks import Webhook
 
 PREFIX = "whsec_"
-MIN_SECRET_BYTES = 8  # per-request raw secrets: refuse trivially short ones
+MIN_SECRET_BYTES = 8  # decoded key bytes: refuse trivially short secrets
 MAX_SECRET_CHARS = 256
 
 
@@ -41,21 +40,25 @@ class SecretError(ValueError):
 
 
 def parse_secret(secret: str) -> bytes:
-    """The HMAC key of `secret`: base64-decoded for `whsec_...`, else its UTF-8 bytes.
+    """The HMAC key of `secret`, as the `standardwebhooks` verifiers read the same string: the
+    base64 after an optional `whsec_` prefix (padding optional).
 
-    Raises SecretError for an empty, oversized or malformed secret."""
+    Raises SecretError for an empty, oversized, non-base64 or too short secret."""
     if not secret or len(secret) > MAX_SECRET_CHARS:
         raise SecretError("the webhook secret must be 1 to 256 characters")
-    if secret.startswith(PREFIX):
-        text = secret[len(PREFIX):]
-        try:
-            key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise SecretError("a whsec_ webhook secret must be base64 after the prefix") from exc
-    else:
-        key = secret.encode()
+    text = secret.removeprefix(PREFIX)
+    try:
+        if len(text) % 4 == 1:
+            raise ValueError("truncated")
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SecretError(
+            "the webhook secret must be a Standard Webhooks secret: whsec_ followed by base64 "
+            "(or the base64 alone), e.g. whsec_ and the output of `openssl rand -base64 32`; "
+            "the standardwebhooks verifiers are given that same string") from exc
     if len(key) < MIN_SECRET_BYTES:
-        raise SecretError(f"the webhook secret must hold at least {MIN_SECRET_BYTES} bytes")
+        raise SecretError(f"the webhook secret must hold at least {MIN_SECRET_BYTES} bytes "
+                          "(base64-decoded)")
     return key
 
 
@@ -90,6 +93,19 @@ class Signer:
     def from_secret(cls, secret: str) -> Signer:
         """A signer for `secret` (see `parse_secret`); raises SecretError."""
         return cls(parse_secret(secret))
+
+    @classmethod
+    def from_stored_secret(cls, secret: str) -> Signer:
+        """A signer for a per-request secret kept on a delivery row: as `from_secret`, except
+        that a secret accepted before secrets had to be base64 (then any string, its UTF-8
+        bytes being the key) keeps signing as it was promised. Raises SecretError."""
+        try:
+            return cls.from_secret(secret)
+        except SecretError:
+            legacy = secret.encode()
+            if len(legacy) < MIN_SECRET_BYTES or len(secret) > MAX_SECRET_CHARS:
+                raise
+            return cls(legacy)
 
     def signature(self, msg_id: str, timestamp: int, body: bytes) -> str:
         """The `webhook-signature` value for `body` sent as `msg_id` at `timestamp`."""

@@ -177,3 +177,22 @@ async def test_expired_url(client: httpx.AsyncClient, mock: respx.MockRouter) ->
 def test_base_url_is_required(client: httpx.AsyncClient) -> None:
     with pytest.raises(ValueError, match="base_url"):
         OpenAICompatibleAdapter(OpenAICompatibleOptions(), KEY, None, client)
+
+
+@pytest.mark.parametrize(("fmt", "quality", "expected"), [
+    ("webp", 70, {"output_format": "webp", "output_compression": 70}),
+    ("jpeg", 0, {"output_format": "jpeg", "output_compression": 0}),
+    ("png", 70, {"output_format": "png"}),  # OpenAI: output_compression is for jpeg/webp only
+    ("webp", None, {"output_format": "webp"}),
+])
+async def test_output_format_and_compression_as_openai_names_them(
+        client: httpx.AsyncClient, mock: respx.MockRouter, fmt: Any, quality: int | None,
+        expected: dict[str, Any]) -> None:
+    route = mock.post(f"{ROOT}/images/generations").mock(
+        return_value=images_answer(b64_json=base64.b64encode(b"RIFF....WEBP").decode()))
+    adapter = make(client, send_size=False)
+    assert adapter.capabilities.output_formats == ("png", "jpeg", "webp")
+    await adapter.submit(UpstreamRequest(model="m", prompt="x", output_format=fmt,
+                                         quality=quality))
+    sent = json.loads(route.calls.last.request.content)
+    assert {k: v for k, v in sent.items() if k.startswith("output_")} == expected

@@ -302,3 +302,20 @@ async def test_urls_on_another_host_get_no_token(client: httpx.AsyncClient,
     assert job.state is UpstreamState.FAILED
     assert job.error_code == "polling_url_not_allowed"
     assert len(mock.calls) == 1  # the create only
+
+
+@pytest.mark.parametrize(("model", "fmt", "quality", "expected"), [
+    ("flux-kontext-dev", "jpeg", 55, {"output_format": "jpg", "output_quality": 55}),
+    ("flux-kontext-dev", "png", 55, {"output_format": "png"}),  # not for png (dev's schema)
+    ("flux-kontext-pro", "jpeg", 55, {"output_format": "jpg"}),  # pro has no output_quality
+    ("flux-kontext-pro", "webp", None, {"output_format": "png"}),  # pro: {jpg, png}
+])
+async def test_quality_goes_where_the_model_schema_takes_it(
+        client: httpx.AsyncClient, mock: respx.MockRouter, image: InputImage, model: str,
+        fmt: Any, quality: int | None, expected: dict[str, Any]) -> None:
+    route = mock.post(f"{API}/models/black-forest-labs/{model}/predictions").mock(
+        return_value=httpx.Response(201, json=prediction("starting")))
+    await make(client).submit(UpstreamRequest(model=model, prompt="x", images=(image,),
+                                              output_format=fmt, quality=quality))
+    sent = json.loads(route.calls.last.request.content)["input"]
+    assert {k: v for k, v in sent.items() if k.startswith("output_")} == expected

@@ -111,3 +111,15 @@ def test_empty_prompt_is_refused(messages: list[tuple[str, Any]]) -> None:
     with pytest.raises(InvalidRequest) as info:
         chat_input(msgs(*messages))
     assert info.value.param == "messages"
+
+
+@pytest.mark.parametrize(("text", "images", "prompt"), [
+    ("http://[2001:db8::1]/a.png make it blue", ["http://[2001:db8::1]/a.png"], "make it blue"),
+    ("edit http://[2001:db8::2]:8080/in.webp now", ["http://[2001:db8::2]:8080/in.webp"],
+     "edit now"),
+    ("file:///etc/passwd make it blue", ["file:///etc/passwd"], "make it blue"),
+    ("gopher://10.0.0.1:70/_x hi", ["gopher://10.0.0.1:70/_x"], "hi"),
+    ("note: file: the report", [], "note: file: the report"),  # words, not URLs
+])
+def test_read_text_recognises_every_url_form(text: str, images: list[str], prompt: str) -> None:
+    assert read_text(text) == (images, prompt)

@@ -128,3 +128,48 @@ def test_fetch_allow_entry_with_a_port_opens_that_port_only(gateway_factory: Any
     resp = edit(url)
     assert resp.status_code == 200, resp.text
     assert image_server.hits == ["cat.png"]
+
+
+PROMPT_URLS = [
+    "http://[2001:db8::1]/a.png",  # an IPv6 literal (documentation range): recognised, refused
+    "http://[::1]:8080/a.png",
+    "http://[::ffff:127.0.0.1]/a.png",
+    "https://[fe80::1%25eth0]/a.png",
+    "file:///etc/passwd",
+    "file:/etc/passwd",
+    "gopher://127.0.0.1:6379/_FLUSHALL",
+    "ftp://127.0.0.1/a.png",
+]
+
+
+@pytest.mark.parametrize("url", PROMPT_URLS)
+def test_prompt_urls_of_every_form_go_through_the_policy(gateway_factory: Any,
+                                                         url: str) -> None:
+    """A URL at the start of a prompt is an input image whatever its host notation or scheme;
+    the fetcher refuses these, so none reaches an upstream as prompt text."""
+    gw = gateway_factory(limits={"fetch_allow": []})
+    _, key = gw.create_key()
+    resp = httpx.post(f"{gw.base_url}/v1/images/generations",
+                      json={"model": "flux-kontext-pro", "prompt": f"{url} make it blue"},
+                      headers={"authorization": f"Bearer {key}"}, timeout=30)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["param"]) == ("url_not_allowed", "prompt[0]")
+    assert sum(getattr(c.adapter, "submitted", 0) for c in gw.services.router.channels) == 0
+
+
+@pytest.mark.parametrize("url", ["http://[::1]/a.png", "file:///etc/passwd",
+                                 "gopher://127.0.0.1:70/_x", "file:///srv/photo.png"])
+def test_chat_text_urls_of_every_form_go_through_the_policy(gateway_factory: Any,
+                                                            url: str) -> None:
+    gw = gateway_factory(limits={"fetch_allow": []})
+    _, key = gw.create_key()
+    for text in (f"{url} make it blue", f"make it like {url}"):
+        if not url.endswith(".png") and not text.startswith(url):
+            continue  # mid-text, only image-looking URLs are inputs (the rest stays words)
+        resp = httpx.post(f"{gw.base_url}/v1/chat/completions", timeout=30,
+                          headers={"authorization": f"Bearer {key}"},
+                          json={"model": "flux-kontext-pro",
+                                "messages": [{"role": "user", "content": text}]})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "url_not_allowed"

@@ -175,8 +175,9 @@ def test_cli_usage_agrees_with_http_and_ledger(bgw: Any) -> None:
 def test_idempotency_key_of_a_request_cut_off_by_shutdown_is_not_stuck(tmp_path: Any) -> None:
     """A request whose jobs exist but whose handler is cancelled (server shutdown) must not
     leave its Idempotency-Key `in_progress`: that would answer 409 (which SDKs retry) to
-    every retry for 24 h. Its answer is stored as the timeout a long wait gets, and replayed;
-    the job itself is resumed and ends with its money released (the sandbox lost the task)."""
+    every retry for 24 h. Its answer is stored (the graceful stop's `interrupted`, which
+    names the job and tells SDKs not to retry) and replayed; the job itself is resumed and
+    ends with its money released (the sandbox lost the task)."""
     from tests.conftest import start_gateway, wait_for_job
 
     data = tmp_path / "data"
@@ -199,9 +200,10 @@ def test_idempotency_key_of_a_request_cut_off_by_shutdown_is_not_stuck(tmp_path:
     try:
         retry = httpx.post(f"{second.base_url}/v1/images/generations", json=body,
                            headers=headers, timeout=30)
-        assert retry.status_code == 504, retry.text
+        assert retry.status_code == 503, retry.text
         assert retry.headers["idempotent-replayed"] == "true"
-        assert retry.json()["error"]["code"] == "timeout"
+        assert retry.headers["x-should-retry"] == "false"
+        assert retry.json()["error"]["code"] == "interrupted"
 
         async def settled() -> tuple[str, int, int]:
             from sqlalchemy import select

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import time
 import tracemalloc
 import zlib
 
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageChops, ImageFile, ImageStat, JpegImagePlugin
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from gateway.images.validate import sniff, validate_image
@@ -169,7 +170,7 @@ def test_exif_orientation_6_is_applied() -> None:
     data = encode(im, "JPEG", exif=exif.tobytes(), quality=95)
     out = validate_image(data, param="image", **LIMITS)
     assert (out.width, out.height) == (20, 40)
-    assert out.mime == "image/png"
+    assert out.mime == "image/jpeg"  # a rotated JPEG stays a JPEG (issue 10 item 6)
     with Image.open(io.BytesIO(out.data)) as upright:
         top = rgb(upright, (10, 5))
         bottom = rgb(upright, (10, 35))
@@ -205,3 +206,62 @@ def test_animated_webp_uses_first_frame() -> None:
     assert out.mime == "image/png"
     with Image.open(io.BytesIO(out.data)) as im:
         assert im.convert("RGB").getpixel((5, 5)) == (255, 0, 0)
+
+
+def noisy(size: tuple[int, int], seed: int = 3) -> Image.Image:
+    """A photo-like picture: a gradient with grain (PNG of it is several times its JPEG)."""
+    rng = random.Random(seed)
+    grain = Image.frombytes("L", size, bytes(rng.randrange(256) for _ in range(size[0] * size[1])))
+    base = Image.linear_gradient("L").resize(size)
+    return Image.merge("RGB", (Image.blend(base, grain, 0.3), grain, base))
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_rotated_jpeg_stays_jpeg_within_the_limit_and_is_noted(orientation: int) -> None:
+    """A rotated photo as a lossless PNG is several times its JPEG (30 MB for a 4.8 MB
+    20 MP photo): it is re-encoded as JPEG q95 4:4:4 instead, upright, and noted."""
+    src = noisy((600, 400))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(src, "JPEG", exif=exif.tobytes(), quality=90)
+    notes: list[str] = []
+    limit = len(data) * 2
+    out = validate_image(data, param="image", max_bytes=limit, max_pixels=20_000_000,
+                         notes=notes)
+    assert len(encode(src, "PNG")) > limit  # what used to be sent
+    assert out.mime == "image/jpeg" and len(out.data) <= limit
+    op = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270,
+          8: Image.Transpose.ROTATE_90}[orientation]
+    with Image.open(io.BytesIO(data)) as first, Image.open(io.BytesIO(out.data)) as sent:
+        assert JpegImagePlugin.get_sampling(sent) == 0
+        want = first.convert("RGB").transpose(op)
+        assert sent.size == want.size == (out.width, out.height)
+        diff = ImageChops.difference(sent.convert("RGB"), want)
+        assert max(hi for _, hi in diff.getextrema()) <= 40  # one more q95 generation
+        assert max(ImageStat.Stat(diff).mean) < 4  # heavy grain: the worst case for JPEG
+    assert notes == ["image: its EXIF orientation was applied; sent upstream re-encoded as JPEG "
+                     "(quality 95, 4:4:4)"]
+
+
+def test_rotated_input_over_the_limit_is_scaled_down_to_fit() -> None:
+    src = noisy((600, 400))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(src, "JPEG", exif=exif.tobytes(), quality=75)
+    notes: list[str] = []
+    out = validate_image(data, param="image[1]", max_bytes=len(data), max_pixels=20_000_000,
+                         notes=notes)
+    assert len(out.data) <= len(data) and out.mime == "image/jpeg"
+    assert out.width < 400 and abs(out.height / out.width - 600 / 400) < 0.02
+    assert "image[1]: its EXIF orientation was applied" in notes[0]
+    assert "scaled down from 400x600" in notes[0]
+
+
+def test_rotated_png_stays_lossless_png() -> None:
+    src = noisy((60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    out = validate_image(encode(src, "PNG", exif=exif.tobytes()), param="image", **LIMITS)
+    assert out.mime == "image/png"
+    with Image.open(io.BytesIO(out.data)) as sent:
+        assert sent.convert("RGB").tobytes() == src.transpose(Image.Transpose.ROTATE_90).tobytes()

@@ -241,6 +241,7 @@ async def test_per_request_secret_is_opened_to_sign(
     async with sessions.begin() as session:
         row = await session.get(WebhookDeliveryRow, row_id)
         assert row is not None
+        # a raw secret sealed before secrets had to be base64 still signs as promised then
         row.secret = box.seal("reseller-secret-42")
     worker = make_worker(sessions, clock)
     await worker.deliver_due()

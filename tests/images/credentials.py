@@ -1,0 +1,89 @@
+"""Signing test images with C2PA content credentials (c2pa-python, the reference library), with
+a throw-away CA and signer made here: what BFL's signed outputs look like to the gateway."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import io
+import json
+
+import c2pa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_MANIFEST = {
+    "claim_generator_info": [{"name": "fluxgate-tests-upstream", "version": "1"}],
+    "title": "upstream result",
+    "assertions": [{"label": "c2pa.actions", "data": {"actions": [{
+        "action": "c2pa.created",
+        "digitalSourceType":
+            "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"}]}}],
+}
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fluxgate tests")])
+
+
+def _usage(*, sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=not sign, content_commitment=False,
+                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=sign, crl_sign=sign, encipher_only=False,
+                         decipher_only=False)
+
+
+@functools.cache
+def _signer_info() -> tuple[bytes, bytes]:
+    """(PEM chain leaf+CA, PEM PKCS#8 key) of an ES256 signer under a fresh test CA."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(_usage(sign=True), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(_name("test signer")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_usage(sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    chain = leaf.public_bytes(serialization.Encoding.PEM) + \
+        ca.public_bytes(serialization.Encoding.PEM)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return chain, pem
+
+
+def sign(data: bytes, mime: str) -> bytes:
+    """`data` with an embedded, signed C2PA manifest."""
+    chain, pem = _signer_info()
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain, pem, None))
+    out = io.BytesIO()
+    with c2pa.Builder(_MANIFEST) as builder:
+        builder.sign(signer, mime, io.BytesIO(data), out)
+    return out.getvalue()
+
+
+def active_manifest(data: bytes, mime: str) -> str | None:
+    """The active manifest's label as c2pa's Reader reads it, None when there is none."""
+    try:
+        reader = c2pa.Reader(mime, io.BytesIO(data))
+    except c2pa.C2paError:
+        return None
+    label = json.loads(reader.json()).get("active_manifest")
+    return str(label) if label else None
