@@ -352,8 +352,10 @@ def summarize(repeats: list[dict[str, dict[str, Any]]], arms: list[str]) -> dict
             "total_cpu_ms_per_req": m(c32, "total_cpu_ms_per_req"),
             "peak_rss_mib": max((row["peak_rss_mib"] for row in c32 + c1), default=None),
             "pg_peak_rss_mib": m(c32, "pg_peak_rss_mib"),
-            "tx_per_image": m(c32 + c1, "tx_per_image"),
-            "tx_per_image_net": m(c32 + c1, "tx_per_image_net"),
+            "tx_per_image": m(c32, "tx_per_image"),
+            "tx_per_image_net": m(c32, "tx_per_image_net"),
+            "tx_per_image_c1": m(c1, "tx_per_image"),
+            "tx_per_image_c1_net": m(c1, "tx_per_image_net"),
             "client_cpu_share_c32": m(c32, "client_cpu_share"),
         }
     ratios = []
@@ -387,9 +389,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         rss = f(s["peak_rss_mib"], 0)
         if s["pg_peak_rss_mib"]:
             rss += f" (+{f(s['pg_peak_rss_mib'], 0)} PG)"
-        tx = f(s["tx_per_image"], 2)
-        if s["tx_per_image_net"] is not None:
-            tx += f" ({f(s['tx_per_image_net'], 2)} net)"
+        tx = (f"{f(s['tx_per_image'], 2)} / {f(s['tx_per_image_c1'], 2)}"
+              f" ({f(s['tx_per_image_net'], 2)} / {f(s['tx_per_image_c1_net'], 2)} net)")
         lines.append(
             f"| {arm} | {f(s['rps_c32'], 1)} | {f(s['p50_c32_ms'], 1)} / {f(s['p99_c32_ms'], 1)}"
             f" | {s['errors']} of {s['requests']} | {f(s['p50_c1_ms'], 2)} | "
@@ -408,7 +409,11 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
               "WAL writer/checkpointer not counted). The mock's CPU is not counted for the "
               "gateway arms (it is the direct arm's server).",
               "- DB tx/image: `/readyz` `database.transactions` after minus before, per successful "
-              "image; 'net' subtracts the idle background rate measured before the repeats.",
+              "image, in the c32 and the c1 phase (SQLite's group commit puts many images in one "
+              "transaction under load); 'net' subtracts the idle background rate measured "
+              "before the repeats.",
+              "- PG peak RSS: the sum of VmHWM over the run's backends; each counts the shared "
+              "buffers it touched, so this overstates PostgreSQL's real memory.",
               "- client CPU: the load generator's own CPU over its wall time; the direct arm shows "
               "what this client reaches when the server costs almost nothing."]
     lines += [f"- {n}" for n in meta.get("notes", [])]
@@ -517,6 +522,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the fluxgate arms under pyinstrument; text profiles in DIR")
     p.add_argument("--out", default=str(harness.BENCH / "results"))
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
+    p.add_argument("--report-only", default=None, metavar="JSON",
+                   help="only re-render the report of an earlier run's JSON")
     args = p.parse_args(argv)
     if args.quick:
         given = set(argv if argv is not None else sys.argv[1:])
@@ -529,6 +536,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report_only:
+        data = json.loads(Path(args.report_only).read_text())
+        old = summarize(data["repeats"], data["meta"]["arms"])
+        text = markdown(old, data["meta"])
+        md, js = harness.write_report(Path(args.out), "pipeline", text,
+                                      {**data, "summary": old})
+        print(text)
+        print(f"written: {md} and {js}")
+        return
     names = [a.strip() for a in args.arms.split(",") if a.strip()]
     harness.raise_nofile()
     machine = harness.machine_line()
