@@ -380,7 +380,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
              "the repeats; every ratio is computed inside one repeat, then its median taken.",
              "", f"| arm | req/s c{meta['concurrency']} | p50 / p99 c{meta['concurrency']} "
              "(ms) | errors | p50 c1 (ms) | added p50 c1 (ms) | server CPU ms/req | "
-             f"peak RSS (MiB) | DB tx/image | client CPU c{meta['concurrency']} |",
+             f"peak RSS (MiB) | DB tx/image c{meta['concurrency']} / c1 | "
+             f"client CPU c{meta['concurrency']} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in summary["arms"].items():
         cpu = f(s["server_cpu_ms_per_req"], 2)
