@@ -129,7 +129,7 @@ def serve(config: ConfigOpt = None,
     """Run the gateway (applies database migrations first)."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, tune_gc
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(config, **overrides)
@@ -140,6 +140,7 @@ def serve(config: ConfigOpt = None,
     uv_config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                                log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
                                proxy_headers=False)  # the app applies `trusted_proxies` itself
+    tune_gc()
     GatewayServer(uv_config).run()  # a stop answers open requests first (gateway/serving.py)
 
 

@@ -142,10 +142,10 @@ class JobSettings(BaseModel):
     deadline: float = Field(default=600.0, gt=0)  # a job not done by then fails (stuck upstream)
     poll_initial: float = Field(default=0.5, gt=0)
     poll_max: float = Field(default=5.0, gt=0)
-    # polls per second this process sends at most, all jobs together: with many jobs in
-    # flight each waits longer between polls (5,000 jobs: one poll each 10 s), so waiting
-    # costs little CPU whatever the load
-    poll_rate: float = Field(default=500.0, gt=0)
+    # polls per second this process sends at most, all jobs together (a poll costs ~1.5 ms
+    # of CPU): with many jobs in flight each waits longer between polls (1,000 jobs: one
+    # poll each 10 s), so waiting jobs leave the CPU to new requests; raise it with more CPU
+    poll_rate: float = Field(default=100.0, gt=0)
     # the whole submit call; None = each adapter's own (a synchronous OpenAI-compatible
     # upstream holds the request for minutes, a queue upstream answers in seconds)
     submit_timeout: float | None = Field(default=None, gt=0)
