@@ -80,6 +80,8 @@ from adapters.base import (
 from adapters.buckets import bucket_for_ratio
 
 log = logging.getLogger(__name__)
+#: the `status.status_str` words of a finished /history entry (absent on old servers)
+TERMINAL_STATUSES = frozenset({"success", "error"})
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8188"
 MAX_REFERENCES = 4
@@ -261,9 +263,19 @@ def _from_response(job: UpstreamJob, data: dict[str, Any], base: str,
         job.state, job.error_code = UpstreamState.CANCELED, "canceled"
         job.error_message = "interrupted on the ComfyUI server"
         return job
-    if status.get("status_str") == "error":
+    status_str = status.get("status_str")
+    if status_str == "error":
         job.state, job.error_code = UpstreamState.FAILED, "upstream_error"
         job.error_message = _execution_error(events.get("execution_error"))
+        return job
+    if status_str is not None and status_str not in TERMINAL_STATUSES:
+        # only the documented terminal words end a job: another one is polled until the
+        # deadline (failing it could release a job the server then finishes), logged once
+        if job.handle.get("unknown_status") != status_str:
+            log.warning("ComfyUI prompt %s reports status %r, not a documented one: still "
+                        "polling", job.id, status_str)
+            job.handle["unknown_status"] = status_str
+        job.state = UpstreamState.PENDING
         return job
     raw_outputs = entry.get("outputs")
     outputs: dict[str, Any] = raw_outputs if isinstance(raw_outputs, dict) else {}

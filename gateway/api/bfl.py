@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, WithJsonSchema
 
 from gateway.api.deps import LimitedPrincipalDep, Principal, PrincipalDep, Services, ServicesDep
 from gateway.api.errors import DetailErrorRoute
@@ -35,9 +35,12 @@ from gateway.api.guards import Gate, idempotent
 from gateway.api.images import DeskDep, customer_of
 from gateway.api.openapi import DETAIL_CREATE_ERRORS, DETAIL_ERRORS
 from gateway.api.schemas import (
+    IMAGE_REFERENCE_SCHEMA,
     PROMPT_SCHEMA,
     WEBHOOK_SECRET_SCHEMA,
+    WEBHOOK_URL_SCHEMA,
     AspectRatio,
+    JsonInt,
     OutputFormatField,
 )
 from gateway.jobs import intake
@@ -64,20 +67,23 @@ class BflKontextRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(json_schema_extra=PROMPT_SCHEMA)  # intake refuses a blank prompt
-    input_image: str | None = None
-    input_image_2: str | None = None
-    input_image_3: str | None = None
-    input_image_4: str | None = None
-    seed: Annotated[int | None, Field(json_schema_extra={"minimum": -1, "maximum": MAX_SEED})
-                    ] = None
+    input_image: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
+    input_image_2: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
+    input_image_3: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
+    input_image_4: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
+    seed: Annotated[JsonInt | None,
+                    Field(json_schema_extra={"minimum": -1, "maximum": MAX_SEED})] = None
     aspect_ratio: AspectRatio = None
     output_format: OutputFormatField = None
-    webhook_url: str | None = Field(default=None, max_length=2083)
+    webhook_url: str | None = Field(default=None, max_length=2048,
+                                    json_schema_extra=WEBHOOK_URL_SCHEMA)
     webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)
-    prompt_upsampling: bool | None = None
-    safety_tolerance: int | None = Field(default=None, ge=0, le=6)
-    guidance: float | None = None
-    steps: int | None = None
+    prompt_upsampling: StrictBool | None = None
+    # numbers are JSON numbers (`false` or "5" is a 422, as the schema says)
+    safety_tolerance: Annotated[JsonInt, Field(ge=0, le=6), WithJsonSchema(
+        {"type": "integer", "minimum": 0, "maximum": 6})] | None = None
+    guidance: StrictFloat | None = None
+    steps: JsonInt | None = None
 
 
 class BflResultResponse(BaseModel):

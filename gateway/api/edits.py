@@ -47,6 +47,7 @@ from gateway.jobs import intake
 from gateway.jobs.orders import Order, OrderDesk
 from gateway.models import resolve_model
 from gateway.settings import LimitSettings
+from gateway.storable import refuse_unstorable
 
 router = APIRouter(responses=OPENAI_ERRORS)
 
@@ -112,9 +113,12 @@ async def _read_upload(upload: UploadFile, param: str, limits: LimitSettings) ->
 
 def validated(model: type[M], data: object) -> M:
     """`data` (a parsed JSON body or form fields) as `model`; InvalidRequest naming the first
-    bad field, worded as for FastAPI-parsed bodies."""
+    bad field, worded as for FastAPI-parsed bodies. Text the databases cannot store (a NUL,
+    a lone surrogate), in any field or key, is refused first (`invalid_text`), before the
+    model is looked up, as `gateway/api/text_guard.py` does for FastAPI-parsed bodies."""
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    refuse_unstorable(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -19,7 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.api.schemas import WEBHOOK_SECRET_SCHEMA, ChatCompletionRequest
+from gateway.api.schemas import (
+    IMAGE_REFERENCE_SCHEMA,
+    WEBHOOK_SECRET_SCHEMA,
+    WEBHOOK_URL_SCHEMA,
+    ChatCompletionRequest,
+)
 
 
 class OpenAIErrorObject(BaseModel):
@@ -131,33 +136,61 @@ _EDIT_TEXT_FIELDS: dict[str, Any] = {
     "guidance": {"type": "string", "pattern": r"^\d{1,2}(\.\d+)?$"},
     "steps": {"type": "string", "pattern": r"^\d{1,2}$"},
     "user": {"type": "string"},
-    "webhook_url": {"type": "string", "format": "uri"},
+    "webhook_url": {"type": "string", **WEBHOOK_URL_SCHEMA},
     "webhook_secret": {"type": "string", **WEBHOOK_SECRET_SCHEMA},
     "async": {"type": "string", "enum": ["true", "false"]},
     "stream": {"type": "string", "enum": ["true", "false"]},
     "partial_images": {"type": "string", "pattern": r"^[0-3]$"},
 }
-_IMAGE_REF = {"type": "string", "minLength": 1,
-              "description": "An image as an http(s) URL, a data URL or base64."}
+_IMAGE_REF = {"type": "string", "minLength": 1, **IMAGE_REFERENCE_SCHEMA}
 #: OpenAI's `{"image_url": ...}` (other keys must be strings too)
 _IMAGE_OBJECT = {"type": "object", "required": ["image_url"],
                  "properties": {"image_url": _IMAGE_REF},
                  "additionalProperties": {"type": ["string", "null"]}}
+
+#: the image types uploads and inputs may hold (anything else is a 415 on uploads)
+IMAGE_MEDIA_TYPES = "image/png, image/jpeg, image/webp, image/gif"
+
+#: input images per edit (`limits.max_input_images`' default; the schema states it)
+MAX_EDIT_IMAGES = 4
+
+
+def _image_count_rule() -> list[dict[str, Any]]:
+    """`anyOf` branches saying that a JSON edit's images together (`image` and `images`) are
+    at most MAX_EDIT_IMAGES (a form's `image` and `image[]`: `dependentSchemas`)."""
+    return [{"not": {"required": ["image"]}},
+            {"required": ["image"], "properties": {"image": {"type": "null"}}},
+            {"required": ["image"], "properties": {
+                "image": {"type": "string"}, "images": {"maxItems": MAX_EDIT_IMAGES - 1}}},
+            *({"required": ["image"], "properties": {
+                "image": {"type": "array", "maxItems": n},
+                "images": {"maxItems": MAX_EDIT_IMAGES - n}}}
+              for n in range(MAX_EDIT_IMAGES + 1))]
+
+
+def _not_stream_and_async(true: Any) -> dict[str, Any]:
+    """`stream` and `async` both true are refused (choose one)."""
+    return {"not": {"required": ["stream", "async"], "properties": {
+        "stream": {"const": true}, "async": {"const": true}}}}
+
 
 #: `openapi_extra` of POST /v1/images/edits, whose body is parsed by hand (multipart or JSON)
 EDIT_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["prompt"],
         "properties": {
-            "image": _binary("The input image (or `image[]`, repeated, for several; up to "
-                             "the configured maximum). A text part may hold a URL or base64."),
-            "image[]": {"type": "array", "items": _binary("An input image."), "maxItems": 4},
+            # one list: the parts `image` and `image[]` (OpenAI's SDKs) are the same images
+            "image": {"type": "array", "maxItems": MAX_EDIT_IMAGES, "items": _binary(
+                "An input image. Repeat the part (named `image` or `image[]`) for several, "
+                f"up to {MAX_EDIT_IMAGES} in all. A text part may hold a URL or base64.")},
             "mask": _binary("Optional mask (transparent where the image is to be edited)."),
             **_EDIT_TEXT_FIELDS,
         },
-    }},
+    }, "encoding": {name: {"contentType": IMAGE_MEDIA_TYPES}
+                    for name in ("image", "mask")}},
     "application/json": {"schema": {
-        "type": "object", "required": ["prompt"],
+        "type": "object", "required": ["prompt"], "anyOf": _image_count_rule(),
+        **_not_stream_and_async(True),
         "properties": {
             **_EDIT_TEXT_FIELDS,
             "n": {"type": "integer", "minimum": 1, "maximum": 4},
@@ -177,15 +210,18 @@ EDIT_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content"
     }},
 }}}
 
-#: `openapi_extra` of POST /replicate/v1/files (multipart, parsed by hand)
+#: `openapi_extra` of POST /replicate/v1/files (multipart, parsed by hand); other text parts
+#: are ignored (other file parts are refused)
 FILE_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
-        "type": "object", "required": ["content"], "additionalProperties": False,
+        "type": "object", "required": ["content"], "additionalProperties": {"type": "string"},
         "properties": {
-            "content": _binary("The image file (PNG, JPEG, WebP, ...)."),
+            "content": _binary("The image file: PNG, JPEG, WebP or GIF (anything else is "
+                               "refused with 415)."),
             "metadata": {"type": "object", "description": "Optional JSON object."},
         },
-    }, "encoding": {"metadata": {"contentType": "application/json"}}},
+    }, "encoding": {"metadata": {"contentType": "application/json"},
+                    "content": {"contentType": IMAGE_MEDIA_TYPES}}},
 }}}
 
 

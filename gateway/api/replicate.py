@@ -335,6 +335,8 @@ async def create_file(request: Request, principal: LimitedPrincipalDep, services
                 and not isinstance(v, str)]:
             raise InvalidRequest("Only the parts `content` and `metadata` are accepted.",
                                  param="content")
+        # other text parts are ignored, but not ones the databases could not store
+        refuse_unstorable({k: v for k, v in form.multi_items() if isinstance(v, str)})
     finally:
         await form.close()
     metadata: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -24,6 +25,16 @@ from pydantic import (
 from gateway.jobs.intake import MAX_SEED
 
 Loose = int | float | str | bool | None
+
+
+def _json_number(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+#: a JSON integer (1 or 1.0, as JSON Schema's `integer`); not `true`, not "1"
+JsonInt = Annotated[int, BeforeValidator(_json_number)]
 
 
 def _documented(schema: dict[str, Any], description: str) -> WithJsonSchema:
@@ -57,6 +68,20 @@ OutputFormatField = Annotated[str | None, _documented(
     {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]}, "png, jpeg or webp.")]
 ResponseFormat = Annotated[str | None, _documented(
     {"type": "string", "enum": ["url", "b64_json"]}, "url or b64_json; absent: both.")]
+#: an input image: an http(s) URL, a data URL or base64 of a PNG, JPEG, WebP or GIF (the
+#: pattern: what the server can tell from the text; empty is none), which must really be one
+#: (fetched from an allowed host): the custom `format` names that, for clients and for the
+#: contract test (tests/api/contract_formats.py)
+IMAGE_REFERENCE_SCHEMA: dict[str, Any] = {
+    "format": "image-reference",
+    "pattern": "^$|^https?://[^\\s\\u0000]+$|^(data:image/(png|jpeg|webp|gif);base64,)?"
+               "(iVBORw0KGgo|/9j/|UklGR|R0lGOD)[A-Za-z0-9+/]*={0,2}$",
+    "description": "An image (PNG, JPEG, WebP or GIF) as an http(s) URL, a data URL or base64."}
+#: a webhook URL: http(s), resolvable, and allowed by the fetch policy (see README), or empty
+#: for none; the custom `format` names that
+WEBHOOK_URL_SCHEMA: dict[str, Any] = {
+    "format": "webhook-url", "maxLength": 2048, "pattern": "^(\\s*|\\s*https?://[^\\u0000]+)$",
+    "description": "An http(s) URL of a host the gateway may reach, or empty for none."}
 #: a Standard Webhooks secret: `whsec_` and base64 (or the base64 alone) of at least 9 bytes
 #: (the server's floor is 8; see gateway/webhooks/signing.py), or empty for none
 WEBHOOK_SECRET_SCHEMA: dict[str, Any] = {
@@ -85,7 +110,7 @@ class KontextImageFields(BaseModel):
     quality: Quality = None
     safety_tolerance: Safety = None
     prompt_upsampling: Flag = None
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(default=None, json_schema_extra=WEBHOOK_URL_SCHEMA)
     webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)
     # answer 202 with a task to poll (gateway/api/tasks.py); also `Prefer: respond-async`
     async_: Flag = Field(default=None, alias="async")
@@ -99,10 +124,10 @@ class ImageGenerationRequest(KontextImageFields):
     """POST /v1/images/generations (OpenAI fields plus the Kontext fields at the top level)."""
 
     prompt: str = Field(min_length=1, json_schema_extra=PROMPT_SCHEMA)
-    input_image: str | None = None
-    input_image_2: str | None = None
-    input_image_3: str | None = None
-    input_image_4: str | None = None
+    input_image: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
+    input_image_2: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
+    input_image_3: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
+    input_image_4: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
 
 
 class Image(BaseModel):

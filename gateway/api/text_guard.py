@@ -75,15 +75,30 @@ def _document(node: object) -> None:
     if is_object and node.get("additionalProperties") is not False \
             and "propertyNames" not in node:  # open objects (JSON Schema's default too)
         node["propertyNames"] = {"pattern": NUL_FREE}
+        if node.get("additionalProperties", True) is True:  # any value: any storable value
+            node["additionalProperties"] = {"$ref": STORABLE_REF}
     for value in node.values():
         _document(value)
+
+
+STORABLE_REF = "#/components/schemas/StorableJsonValue"
+#: any JSON value whose strings and keys, at any depth, are NUL-free (the values of open
+#: objects: the databases store them, so a NUL key deep inside is refused too)
+STORABLE_JSON_VALUE: dict[str, Any] = {  # one schema, each keyword for its own type
+    "description": "Any JSON value without a NUL character in its strings or keys.",
+    "type": ["string", "number", "boolean", "null", "array", "object"],
+    "pattern": NUL_FREE, "items": {"$ref": STORABLE_REF},
+    "propertyNames": {"pattern": NUL_FREE}, "additionalProperties": {"$ref": STORABLE_REF}}
 
 
 def documented(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` (an OpenAPI document) with the rule above written into it: every free-text
     string (no pattern, enum or binary format of its own) gets the `NUL_FREE` pattern, and
-    every open object the same for its property names. Changes and answers `schema`."""
+    every open object the same for its property names, its other values being any
+    `STORABLE_JSON_VALUE`. Changes and answers `schema`."""
     _document(schema)
+    schema.setdefault("components", {}).setdefault("schemas", {})[
+        "StorableJsonValue"] = STORABLE_JSON_VALUE
     return schema
 
 

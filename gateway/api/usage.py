@@ -22,8 +22,9 @@ router = APIRouter(responses=OPENAI_ERRORS)
 
 
 def parse_when(value: str | None, param: str) -> datetime | None:
-    """An ISO date/datetime or unix seconds as an aware UTC datetime (None stays None)."""
-    if value is None or value == "":
+    """An ISO date/datetime or unix seconds as an aware UTC datetime (None stays None; an
+    empty value is no date, so it is refused like any other)."""
+    if value is None:
         return None
     try:
         if value.replace(".", "", 1).isdigit():
@@ -40,7 +41,7 @@ def parse_when(value: str | None, param: str) -> datetime | None:
 SinceQ = Annotated[str | None, Query(description="ISO date/datetime or unix seconds"),
                    WithJsonSchema({"anyOf": [{"type": "string", "format": "date"},
                                              {"type": "string", "format": "date-time"},
-                                             {"type": "string", "pattern": r"^\d{1,10}$"},
+                                             {"type": "string", "pattern": r"^\d{1,10}(\.\d*)?$"},
                                              {"type": "null"}]})]
 
 

@@ -157,6 +157,31 @@ async def test_error_status_fails_with_message(client: httpx.AsyncClient,
     assert job.error_message == "KSampler (node 8): torch.OutOfMemoryError: CUDA out of memory"
 
 
+@pytest.mark.parametrize("status_str", ["running", "Something New"])
+async def test_unknown_status_keeps_polling(client: httpx.AsyncClient, mock: respx.MockRouter,
+                                            status_str: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Only ComfyUI's terminal words (`success`, `error`) end a job: an entry with another
+    word and no outputs yet keeps polling until the deadline (failing it could release a job
+    the server then finishes), logged once per job and word; then success is read."""
+    entry = {PID: {"outputs": {}, "status": {"status_str": status_str, "completed": False,
+                                             "messages": [["execution_start",
+                                                           {"prompt_id": PID}]]}}}
+    route = mock.get(f"{BASE}/history/{PID}").mock(
+        side_effect=[httpx.Response(200, json=entry)] * 3
+        + [httpx.Response(200, json=history_done())])
+    adapter = make(client)
+    job = UpstreamJob(id=PID)
+    with caplog.at_level("WARNING", logger="adapters.comfyui"):
+        for _ in range(3):
+            job = await adapter.poll(job)
+            assert job.state is UpstreamState.PENDING and job.error_code is None
+    warned = [r for r in caplog.records if "not a documented one" in r.getMessage()]
+    assert len(warned) == 1 and status_str in warned[0].getMessage()
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.SUCCEEDED and route.call_count == 4
+
+
 async def test_node_errors_400_is_not_retryable(client: httpx.AsyncClient,
                                                 mock: respx.MockRouter) -> None:
     mock.post(f"{BASE}/prompt").mock(return_value=httpx.Response(400, json={

@@ -53,7 +53,8 @@ def test_nul_prompts_are_refused_on_every_creating_route(gw: Gateway) -> None:
     for stream in (False, True):
         openai_refusal(httpx.post(f"{base}/v1/chat/completions", headers=bearer, timeout=30,
                                   json={"model": "flux-kontext-pro", "stream": stream,
-                                        "messages": [{"role": "user", "content": NUL}]}))
+                                        "messages": [{"role": "user", "content": NUL}]}),
+                       "messages.0.content")  # named where the client put it
 
     bfl = httpx.post(f"{base}/v1/flux-kontext-pro", headers={"x-key": key}, timeout=30,
                      json={"prompt": NUL, "input_image": None})
