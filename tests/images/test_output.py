@@ -7,32 +7,18 @@ import io
 from typing import Any
 
 import pytest
-from PIL import Image, ImageChops, JpegImagePlugin
+from PIL import Image, JpegImagePlugin
 
 from gateway.images.encode import encode
 from gateway.images.output import crop_box, finish_output, pad_size
 from gateway.images.provenance import has_c2pa
 from gateway.images.stitch import stitch
 from gateway.images.validate import sniff, validate_image
+from tests.api.test_fidelity import decoded as opened
+from tests.api.test_fidelity import encode as save
+from tests.api.test_fidelity import max_diff
 from tests.images.credentials import sign
 from tests.images.profiles import display_p3, gray_profile
-
-
-def save(im: Image.Image, fmt: str, **kwargs: Any) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def opened(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    return im
-
-
-def max_diff(a: Image.Image, b: Image.Image) -> int:
-    return max(hi for _, hi in ImageChops.difference(a.convert("RGB"),
-                                                     b.convert("RGB")).getextrema())
 
 
 def rgba_half_clear(size: tuple[int, int] = (64, 32)) -> Image.Image:
