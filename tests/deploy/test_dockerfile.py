@@ -11,6 +11,8 @@ search any folder, while every write is still checked as that uid, which is what
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
@@ -85,18 +87,33 @@ def as_user(facts: ImageFacts, *command: str) -> list[str]:
             *caps, *command]
 
 
+@functools.cache
+def app_dir() -> Path:
+    """The image's /app: the folders the Dockerfile copies, in a place every user can read
+    (the checkout may sit in a folder only root can enter, as a `mktemp -d` clone does)."""
+    app = Path(tempfile.mkdtemp(prefix="fluxgate-app-"))
+    app.chmod(0o755)
+    atexit.register(shutil.rmtree, app, True)
+    for name in ("gateway", "adapters", "billing", "migrations"):
+        shutil.copytree(ROOT / name, app / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for path in [app, *app.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return app
+
+
 def _interpreter_usable(facts: ImageFacts) -> bool:
     probe = subprocess.run(["setpriv", f"--reuid={facts.uid}", f"--regid={facts.gid}",
                             "--clear-groups", sys.executable, "-c", "import gateway.cli"],
                            capture_output=True, timeout=60, cwd="/",
-                           env={"PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"})
+                           env={"PYTHONPATH": str(app_dir()), "PYTHONDONTWRITEBYTECODE": "1"})
     return probe.returncode == 0
 
 
 def image_env(data: Path, port: int | None = None) -> dict[str, str]:
     """The image's environment (FLUXGATE_DATA_DIR...), bound to loopback for the test."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(app_dir()),
            "FLUXGATE_DATA_DIR": str(data), "FLUXGATE_HOST": "127.0.0.1"}
     if port is not None:
         env["FLUXGATE_PORT"] = str(port)
