@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import respx.mocks
 import uvicorn
 from PIL import Image
 from sqlalchemy import select
@@ -29,6 +30,10 @@ from gateway.app import create_app
 from gateway.jobs.tables import JobRow
 from gateway.serving import GatewayServer
 from gateway.settings import Settings, load_settings
+
+# The gateway's upstream pool (gateway/aiohttp_transport.py) speaks httpcore's interface: respx
+# stubs it exactly as it stubs httpcore's own pools.
+respx.mocks.HTTPCoreMocker.add_targets("gateway.aiohttp_transport.AiohttpPool")
 
 
 @dataclass
@@ -97,12 +102,20 @@ def wait_for_job(gw: Gateway, key_id: str, *, submitted: bool = True,
         time.sleep(0.05)
 
 
-def traced_while(request: Callable[[], None], after: float = 3.0) -> tuple[float, float]:
-    """Run `request` in a thread; (MB allocated and still held `after` seconds in, peak MB),
-    both over the start. The server runs in this process, so tracemalloc sees its
-    allocations (and the client's): give `request` a job slower than `after`."""
+def traced_while(request: Callable[[], None], gw: Gateway) -> tuple[float, float]:
+    """Run `request` in a thread; (MB allocated and still held once its job is waiting on the
+    upstream, peak MB), both over the start. The server runs in this process, so tracemalloc
+    sees its allocations (and the client's): give `request` a slow sandbox job
+    (`sandbox:latency=5`). "Waiting on the upstream" is a condition, not a time: a new job
+    row with an upstream id (the request's own buffers are gone by then)."""
     import gc
     import tracemalloc
+
+    before = {job.id for job in jobs_of(gw)}
+
+    def waiting() -> bool:
+        return any(job.id not in before and job.upstream_id and job.finished_at is None
+                   for job in jobs_of(gw))
 
     gc.collect()
     tracemalloc.start()
@@ -110,7 +123,11 @@ def traced_while(request: Callable[[], None], after: float = 3.0) -> tuple[float
         base = tracemalloc.get_traced_memory()[0]
         thread = threading.Thread(target=request)
         thread.start()
-        time.sleep(after)
+        deadline = time.monotonic() + 120
+        while not waiting():
+            assert thread.is_alive(), "the request ended before its job reached the upstream"
+            assert time.monotonic() < deadline, "the job never reached the upstream"
+            time.sleep(0.05)
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - base
         thread.join()

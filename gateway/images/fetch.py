@@ -40,6 +40,7 @@ import anyio
 import httpx
 
 from adapters.transport import DestinationRefused
+from gateway.aiohttp_transport import AiohttpTransport
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.images.addresses import (
     AllowList,
@@ -136,8 +137,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self._inner = inner
         self._pooled: httpx.AsyncBaseTransport | None = None
         if not pin_named:
-            self._pooled = httpx.AsyncHTTPTransport(
-                verify=context, retries=0, limits=limits or httpx.Limits())
+            self._pooled = AiohttpTransport(verify=context, limits=limits or httpx.Limits())
 
     async def aclose(self) -> None:
         if self._pooled is not None:

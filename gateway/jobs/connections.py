@@ -27,6 +27,7 @@ import httpx
 
 from adapters.registry import DEFAULT_BASE_URLS, RESULT_HOSTS
 from gateway import __version__
+from gateway.aiohttp_transport import AiohttpTransport
 from gateway.images.addresses import AllowList
 from gateway.images.fetch import GuardedTransport, Resolver
 from gateway.settings import ChannelSettings
@@ -102,7 +103,8 @@ def channel_clients(cs: ChannelSettings, *, max_concurrency: int | None,
     size = pool_size(max_concurrency, cs.max_connections)
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     agent = {"user-agent": f"fluxgate/{__version__}"}
-    api = httpx.AsyncClient(timeout=_API_TIMEOUT, limits=limits, headers=agent, verify=verify)
+    api = httpx.AsyncClient(transport=AiohttpTransport(verify=verify, limits=limits),
+                            timeout=_API_TIMEOUT, headers=agent)
     guard = GuardedTransport(allow=result_allow_list(cs), resolver=resolver, verify=verify,
                              pin_named=False, limits=limits)
     results = httpx.AsyncClient(

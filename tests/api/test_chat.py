@@ -517,6 +517,6 @@ def test_a_20_mb_data_url_is_not_held_while_the_stream_runs(gateway: Gateway,
                                                 "content-type": "application/json"}) as resp:
             out["text"] = resp.read().decode()
 
-    held, _ = traced_while(post)  # 3 s in, the job (5 s) runs and the stream waits for it
+    held, _ = traced_while(post, gateway)  # the job (5 s) is upstream, the stream waits
     assert out["text"].rstrip().endswith("data: [DONE]") and "![" in out["text"]
     assert held < 1.5 * size, (held, size)

@@ -508,7 +508,7 @@ def _traced_edit(gw: Gateway, key: str, **kwargs: Any) -> tuple[httpx.Response, 
         out["r"] = httpx.post(f"{gw.base_url}/v1/images/edits", headers=headers, timeout=120,
                               **kwargs)
 
-    held, peak = traced_while(post)  # 3 s in, the job (sandbox:latency=5) is running
+    held, peak = traced_while(post, gw)  # while the job (sandbox:latency=5) is upstream
     return out["r"], held, peak
 
 

@@ -123,11 +123,17 @@ def test_thirty_second_upstreams_all_succeed_and_liveness_stays_quick(
     headers = {"authorization": f"Bearer {key}"}
     n = 200
 
-    async def scenario() -> tuple[list[int], list[int], list[float]]:
+    async def scenario() -> tuple[list[int], list[int], list[float], list[float]]:
         probes: list[float] = []
         stop = asyncio.Event()
         async with httpx.AsyncClient(base_url=gw.base_url, timeout=300,
                                      limits=httpx.Limits(max_connections=None)) as client:
+            idle: list[float] = []  # this machine, now, before any job: the yardstick
+            for _ in range(20):
+                started = time.perf_counter()
+                assert (await client.get("/healthz")).status_code == 200
+                idle.append(time.perf_counter() - started)
+
             async def probe() -> None:
                 while not stop.is_set():
                     started = time.perf_counter()
@@ -151,9 +157,10 @@ def test_thirty_second_upstreams_all_succeed_and_liveness_stays_quick(
                 await asyncio.sleep(0.5)
             stop.set()
             await prober
-        return ([r.status_code for r in created], [r.status_code for r in sync_answers], probes)
+        return ([r.status_code for r in created], [r.status_code for r in sync_answers], probes,
+                idle)
 
-    created, sync_statuses, probes = asyncio.run(scenario())
+    created, sync_statuses, probes, idle = asyncio.run(scenario())
     assert Counter(created) == {200: n}
     assert sync_statuses == [200, 200, 200]
     jobs = jobs_of(gw, key_id)
@@ -165,8 +172,10 @@ def test_thirty_second_upstreams_all_succeed_and_liveness_stays_quick(
     probes.sort()
     assert len(probes) > 50
     # liveness is answered from memory: on a busy 2-core machine its p99 stays well under 2 s
-    # (it was 11-23 s while jobs were created; bench/slowjobs.py measures the real figure)
-    assert probes[int(0.99 * len(probes))] < 2.0, probes[-10:]
+    # (it was 11-23 s while jobs were created; bench/slowjobs.py measures the real figure). A
+    # machine so loaded that even an idle probe is slow gets the bound scaled by that probe.
+    bound = max(2.0, 40 * sorted(idle)[len(idle) // 2])
+    assert probes[int(0.99 * len(probes))] < bound, (probes[-10:], bound)
 
 
 def test_polls_stay_within_the_process_poll_rate(gateway_factory: Any, mock: Any) -> None:

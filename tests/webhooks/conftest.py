@@ -93,9 +93,11 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def slow_receiver() -> Iterator[Receiver]:
-    """A second receiver (its own port: its own endpoint) that answers 200 after 14 s."""
+    """A second receiver (its own port: its own endpoint) that answers 200 only after 110 s
+    (or at teardown): slower than any test, so its attempts are still in flight whatever the
+    machine's speed. Use it with `SLOW_RECEIVER` settings, whose attempt timeout outlasts it."""
     for rec in _serve():
-        rec.delay = 14.0
+        rec.delay = 110.0
         yield rec
 
 
