@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 from html import escape
 
 WIDTH, HEIGHT = 640, 200
-PAD_LEFT, PAD_BOTTOM, PAD_TOP = 56, 28, 12
+PAD_LEFT, PAD_BOTTOM, PAD_TOP = 72, 28, 12
 
 
 def _scale(values: Sequence[float]) -> float:
+    """The top of the value axis (1 when every value is 0 or below)."""
     top = max((v for v in values), default=0.0)
     return top if top > 0 else 1.0
 
@@ -24,8 +25,11 @@ def _frame(title: str, desc: str, body: str) -> str:
             f'<title>{escape(title)}</title><desc>{escape(desc)}</desc>{body}</svg>')
 
 
-def _axes(top: float, fmt: Callable[[float], str]) -> str:
+def _axes(top: float, fmt: Callable[[float], str], empty: bool = False) -> str:
     base = HEIGHT - PAD_BOTTOM
+    if empty:  # every value is 0: no top tick to invent
+        return (f'<line class="axis" x1="{PAD_LEFT}" y1="{base}" x2="{WIDTH}" y2="{base}"/>'
+                f'<text class="tick" x="{PAD_LEFT - 4}" y="{base}" text-anchor="end">0</text>')
     return (f'<line class="axis" x1="{PAD_LEFT}" y1="{base}" x2="{WIDTH}" y2="{base}"/>'
             f'<text class="tick" x="{PAD_LEFT - 4}" y="{PAD_TOP + 4}" text-anchor="end">'
             f'{escape(fmt(top))}</text>'
@@ -42,7 +46,7 @@ def bars(title: str, labels: Sequence[str], values: Sequence[float],
     top = _scale(values)
     span = (WIDTH - PAD_LEFT) / len(labels)
     inner = HEIGHT - PAD_BOTTOM - PAD_TOP
-    parts = [_axes(top, fmt)]
+    parts = [_axes(top, fmt, empty=max(values) <= 0)]
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         h = inner * value / top
         x = PAD_LEFT + i * span + span * 0.15
@@ -75,5 +79,5 @@ def line(title: str, labels: Sequence[str], values: Sequence[float],
              f'<text class="tick" x="{points[-1][0]:.1f}" y="{HEIGHT - 8}" text-anchor="end">'
              f'{escape(labels[-1])}</text>')
     desc = ", ".join(f"{label}: {fmt(v)}" for label, v in zip(labels, values, strict=True))
-    return _frame(title, desc, _axes(top, fmt) + f'<polyline class="line" points="{path}"/>'
-                  + dots + ticks)
+    axes = _axes(top, fmt, empty=max(values) <= 0)
+    return _frame(title, desc, f'{axes}<polyline class="line" points="{path}"/>{dots}{ticks}')

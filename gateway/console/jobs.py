@@ -13,6 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 
 from billing.tables import ApiKeyRow, LedgerRow
+from gateway import models as catalogue
 from gateway.api.deps import Services, ServicesDep
 from gateway.console.access import ConsoleDenied, OperatorPostDep, PostDep, SessionDep
 from gateway.console.render import page
@@ -20,7 +21,6 @@ from gateway.console.session import ConsoleSession
 from gateway.console.thumbs import Thumbnails
 from gateway.jobs.model import JobStatus
 from gateway.jobs.tables import JobRow
-from gateway import models as catalogue
 from gateway.storage.base import StorageError
 from gateway.storage.tables import FileRow
 from gateway.webhooks.tables import WebhookDeliveryRow

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-
 from datetime import UTC, date, datetime, timedelta
 
 from fastapi import APIRouter, Request
@@ -19,7 +18,7 @@ from billing.tables import ApiKeyRow, LedgerRow
 from gateway.api.deps import ServicesDep
 from gateway.console import charts
 from gateway.console.access import ConsoleDenied, SessionDep
-from gateway.console.render import money, page
+from gateway.console.render import page
 from gateway.console.session import ConsoleSession
 
 router = APIRouter()
@@ -78,12 +77,14 @@ async def usage_page(request: Request, services: ServicesDep, session: SessionDe
     per_day = report.by.get("day", {})
     labels = sorted(d for d in per_day if d)
     def fmt(v: float) -> str:
-        return money(int(v), currency)
+        return f"{v / 1_000_000:,.2f}"
 
-    spend_chart = charts.bars("Spend per day", labels, [per_day[d].spend for d in labels], fmt)
+    spend_chart = charts.bars(f"Spend per day ({currency})", labels,
+                              [per_day[d].spend for d in labels], fmt)
     jobs_chart = charts.bars("Jobs per day", labels, [per_day[d].jobs for d in labels])
-    balance_chart = (charts.line("Balance at the end of each day", [d for d, _ in balance],
-                                 [b for _, b in balance], fmt) if balance else None)
+    balance_chart = (charts.line(f"Balance at the end of each day ({currency})",
+                                 [d for d, _ in balance], [b for _, b in balance], fmt)
+                     if balance else None)
     splits = [(title, report.by.get(dim, {})) for dim, title in (
         ("model", "By model"), ("channel", "By channel"), ("aspect_ratio", "By aspect ratio"),
         ("operation", "By operation"))]
