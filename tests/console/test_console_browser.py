@@ -13,7 +13,10 @@ import io
 import os
 import re
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from sqlalchemy import select
 from billing.tables import ApiKeyRow
 from gateway.jobs.tables import JobRow
 from gateway.storage.tables import FileRow
+from gateway.webhooks.tables import WebhookDeliveryRow
 from tests.conftest import Gateway, ledger_of, start_gateway
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -325,3 +329,79 @@ def test_a_form_posted_without_its_csrf_token_is_refused(
     assert not [c for c in fresh.context.cookies() if c["name"] == "fluxgate_console"]
     [victim_row] = rows(gw, ApiKeyRow, ApiKeyRow.id == victim_id)
     assert victim_row.revoked_at is None and victim_row.balance == 1_000_000
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver that answers `status` (class attribute) and counts deliveries."""
+
+    status = 410
+    received: list[bytes] = []  # noqa: RUF012 - shared on purpose: one receiver per test
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        type(self).received.append(body)
+        self.send_response(type(self).status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+
+
+def test_the_operator_cancels_a_job_and_replays_its_webhook(
+        gw: Gateway, new_page: Callable[[], Any]) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        key_id, key = gw.create_key("dave", balance=3_000_000)
+        hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        answer = httpx.post(f"{gw.base_url}/v1/images/generations", timeout=60,
+                            headers={"authorization": f"Bearer {key}",
+                                     "prefer": "respond-async"},
+                            json={"model": "flux-kontext-pro", "prompt": "sandbox:stuck tower",
+                                  "webhook_url": hook})
+        assert answer.status_code == 202, answer.text
+        [job] = rows(gw, JobRow, JobRow.key_id == key_id)
+        assert ledger_of(gw, key_id)[0] < 3_000_000  # its price is held
+        page = new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        sign_in(page, ADMIN)
+        page.goto(f"/console/jobs/{job.id}")
+        page.get_by_role("button", name="Cancel job").click()
+        sync_api.expect(page.locator("#job-status")).to_contain_text("canceled")
+        assert ledger_of(gw, key_id)[0] == 3_000_000  # released: nothing charged
+        # the receiver answers 410: the delivery is disabled, and shown so
+        wait_until(lambda: [d for d in rows(gw, WebhookDeliveryRow,
+                                            WebhookDeliveryRow.job_id == job.id)
+                            if d.status == "disabled"], "the webhook disabled by a 410")
+        page.reload()
+        sync_api.expect(page.get_by_text("disabled after 1 attempt")).to_be_visible()
+        _Receiver.status = 200
+        page.get_by_role("button", name="Replay webhook").click()
+        sync_api.expect(page.get_by_role("status")).to_have_text("Webhook queued again.")
+        wait_until(lambda: [d for d in rows(gw, WebhookDeliveryRow,
+                                            WebhookDeliveryRow.job_id == job.id)
+                            if d.status == "delivered"], "the replayed webhook delivered")
+        assert len(_Receiver.received) == 2 and job.id.encode() in _Receiver.received[-1]
+        page.reload()
+        sync_api.expect(page.get_by_text("delivered after 1 attempt")).to_be_visible()
+        # dark mode follows the system setting
+        page.emulate_media(color_scheme="dark")
+        dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        shoot(page, "job-dark")
+        page.emulate_media(color_scheme="light")
+        light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert dark == "rgb(18, 20, 23)" and light == "rgb(247, 247, 248)"
+    finally:
+        server.shutdown()
+        server.server_close()
