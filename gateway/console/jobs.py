@@ -27,7 +27,8 @@ from gateway.webhooks.tables import WebhookDeliveryRow
 
 router = APIRouter()
 
-PAGE = 24
+PAGE = 24  # jobs per page by default; `per` asks for 6 to 96
+PER_PAGE = (6, 96)
 STATUSES = [s.value for s in JobStatus]
 
 
@@ -50,13 +51,20 @@ def _day(value: str | None) -> date | None:
 
 def filters_of(request: Request, session: ConsoleSession) -> dict[str, str]:
     q = request.query_params
-    found = {name: q[name] for name in ("key_id", "model", "status", "since", "until")
+    found = {name: q[name] for name in ("key_id", "model", "status", "since", "until", "per")
              if q.get(name)}
     if not session.operator:
         if found.get("key_id") not in (None, session.key_id):
             raise ConsoleDenied("A key's console shows its own jobs only.")
         found.pop("key_id", None)
     return found
+
+
+def per_page(filters: dict[str, str]) -> int:
+    try:
+        return min(max(int(filters.get("per", PAGE)), PER_PAGE[0]), PER_PAGE[1])
+    except ValueError:
+        return PAGE
 
 
 async def _jobs(services: Services, session: ConsoleSession, filters: dict[str, str],
@@ -78,8 +86,9 @@ async def _jobs(services: Services, session: ConsoleSession, filters: dict[str, 
         query = query.where(JobRow.created_at < datetime(end.year, end.month, end.day,
                                                          tzinfo=UTC))
     async with services.sessions() as db:
-        rows = list((await db.execute(query.offset(page_no * PAGE).limit(PAGE + 1))).scalars())
-    return rows[:PAGE], len(rows) > PAGE
+        size = per_page(filters)
+        rows = list((await db.execute(query.offset(page_no * size).limit(size + 1))).scalars())
+    return rows[:size], len(rows) > size
 
 
 @router.get("/console/jobs")
@@ -138,14 +147,14 @@ async def cancel(job_id: str, services: ServicesDep, session: PostDep) -> Respon
 
 @router.post("/console/jobs/{job_id}/replay")
 async def replay(job_id: str, services: ServicesDep, session: OperatorPostDep) -> Response:
-    """Send the job's webhook again (a new attempt schedule)."""
+    """Send the job's failed or disabled webhook again (a new attempt schedule)."""
     async with services.sessions() as db:
         delivery = (await db.execute(select(WebhookDeliveryRow).where(
             WebhookDeliveryRow.job_id == job_id))).scalar_one_or_none()
     if delivery is None:
         raise ConsoleDenied("This job has no webhook to replay.", 404)
     done = ("Webhook queued again." if await services.webhooks.worker.replay(delivery.id)
-            else "The webhook is being delivered already.")
+            else "Only a failed or disabled webhook can be replayed.")
     return RedirectResponse(f"/console/jobs/{job_id}?done={done}", status_code=303)
 
 

@@ -24,6 +24,9 @@ from gateway.console.session import (
 
 router = APIRouter()
 
+#: sign-in attempts per minute from one client address (the limiter of API keys' rpm)
+SIGNIN_PER_MINUTE = 20
+
 
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
@@ -46,13 +49,21 @@ async def signin_form(request: Request) -> Response:
 @router.post("/console/login")
 async def sign_in(request: Request, services: ServicesDep) -> Response:
     """Check the posted token: the admin token opens the operator's console, an API key its
-    holder's own. A post without the sign-in form's own token is refused (403)."""
+    holder's own. A post without the sign-in form's own token is refused (403); more than
+    SIGNIN_PER_MINUTE attempts a minute from one address are refused (429)."""
     form = await request.form()
     presented = form.get("csrf")
     expected = request.cookies.get(SIGNIN_COOKIE)
     if not expected or not csrf_matches(expected, presented if isinstance(presented, str)
                                         else None):
         return _signin_page(request, "The sign-in form expired: please try again.", 403)
+    client = request.client.host if request.client else "unknown"
+    decision = await services.rate_limiter.hit(f"console-signin:{client}", SIGNIN_PER_MINUTE)
+    if decision is not None and not decision.allowed:
+        response = _signin_page(request, "Too many sign-in attempts from this address: try "
+                                f"again in {decision.retry_after} s.", 429)
+        response.headers["retry-after"] = str(decision.retry_after)
+        return response
     value = form.get("token")
     token = value.strip() if isinstance(value, str) else ""
     codec = codec_of(request, services)

@@ -395,6 +395,7 @@ def test_the_operator_cancels_a_job_and_replays_its_webhook(
         assert len(_Receiver.received) == 2 and job.id.encode() in _Receiver.received[-1]
         page.reload()
         sync_api.expect(page.get_by_text("delivered after 1 attempt")).to_be_visible()
+        sync_api.expect(page.get_by_role("button", name="Replay webhook")).to_have_count(0)
         # dark mode follows the system setting
         page.emulate_media(color_scheme="dark")
         dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -405,3 +406,23 @@ def test_the_operator_cancels_a_job_and_replays_its_webhook(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_gallery_pages_with_more_jobs(gw: Gateway, new_page: Callable[[], Any]) -> None:
+    key_id, key = gw.create_key("erin")
+    for i in range(2):  # 8 jobs: more than a page of 6
+        answer = httpx.post(f"{gw.base_url}/v1/images/generations", timeout=120,
+                            headers={"authorization": f"Bearer {key}"},
+                            json={"model": "flux-kontext-pro", "prompt": f"erin {i}", "n": 4,
+                                  "size": "1024x1024", "response_format": "url"})
+        assert answer.status_code == 200, answer.text
+    page = new_page()
+    sign_in(page, ADMIN)
+    page.goto(f"/console/jobs?key_id={key_id}&per=6")
+    cards = page.locator("li.job")
+    sync_api.expect(cards).to_have_count(6)
+    page.get_by_role("link", name="More jobs").click()  # htmx appends the next page
+    sync_api.expect(cards).to_have_count(8)
+    assert page.url.endswith(f"key_id={key_id}&per=6")  # same page, extended
+    sync_api.expect(page.get_by_role("link", name="More jobs")).to_have_count(0)
+    assert len(set(cards.evaluate_all("cs => cs.map(c => c.querySelector('a').href)"))) == 8

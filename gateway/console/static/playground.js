@@ -220,7 +220,10 @@
 
   function poll(taskId) {
     fetch("/console/playground/tasks/" + encodeURIComponent(taskId), { credentials: "same-origin" })
-      .then(function (r) { return r.json().then(function (b) { return [r, b]; }); })
+      .then(function (r) {
+        if (r.status === 401) { throw new Error("signed out"); }
+        return r.json().then(function (b) { return [r, b]; });
+      })
       .then(function (rb) {
         var task = rb[1];
         if (!rb[0].ok) { return fail((task.error && task.error.message) || "The task could not be read."); }
@@ -230,7 +233,10 @@
           return fail((task.error && task.error.message) || "The job " + task.status + ".");
         }
         setTimeout(function () { poll(taskId); }, 700);
-      }, function () { setTimeout(function () { poll(taskId); }, 2000); });
+      }, function (err) {
+        if (err && err.message === "signed out") { return fail("Your session ended: sign in again."); }
+        setTimeout(function () { poll(taskId); }, 2000);
+      });
   }
 
   function done(task) {
