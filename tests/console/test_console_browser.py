@@ -248,8 +248,16 @@ def test_operator_path_sign_in_create_generate_gallery_top_up_revoke(
     sync_api.expect(page.get_by_role("button", name=f"Disable {channel.name}")).to_be_visible()
     assert channel.disabled_reason is None
 
-    # -- top up with a note, then revoke --------------------------------------------------
+    # -- edit limits, top up with a note, then revoke -------------------------------------
     page.goto(f"/console/keys/{alice_id}")
+    page.get_by_text("Edit limits").click()
+    page.get_by_label("Requests per minute").fill("120")
+    page.get_by_label("Allowed models (comma-separated)").fill("flux-kontext-pro, flux-kontext-max")
+    page.get_by_role("button", name="Save").click()
+    sync_api.expect(page.get_by_role("status")).to_have_text("Saved.")
+    [alice] = rows(gw, ApiKeyRow, ApiKeyRow.id == alice_id)
+    assert alice.rpm == 120 and alice.models == ["flux-kontext-pro", "flux-kontext-max"]
+    assert not alice.unlimited and not alice.disabled
     page.get_by_label("Amount (USD)", exact=True).fill("3.5")
     page.get_by_label("Note").fill("welcome credit")
     page.get_by_role("button", name="Top up").click()
