@@ -18,6 +18,14 @@ install_missing() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2 && apt-get install -y -qq "${need[@]}" >&2
   fi
+  # the web console's browser tests (tests/console/) drive Debian's chromium with Playwright;
+  # without it they skip, so a failed install is only a warning
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "installing chromium" >&2
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2 || \
+      echo "warning: chromium could not be installed; the console's browser tests will skip" >&2
+  fi
 }
 
 as_postgres() {

@@ -17,7 +17,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from billing.limits import RateLimiter
 from billing.pricing import PriceTable, to_micro
-from gateway import __version__, housekeeping
+from gateway import __version__, console, housekeeping
 from gateway.api import (
     admin,
     bfl,
@@ -255,4 +255,5 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
                    admin):
         app.include_router(module.router)
+    console.install(app)  # the web console at /console (gateway/console/)
     return app

@@ -27,6 +27,7 @@ LINKS = (
     ("/healthz", "liveness: channels, breakers, jobs running"),
     ("/readyz", "readiness: the database answers"),
     ("/v1/models", "models your key may use (needs a key)"),
+    ("/console", "web console: keys, usage, jobs, channels, playground (admin token or key)"),
 )
 
 
