@@ -7,6 +7,7 @@ import datetime
 import functools
 import io
 import json
+import struct
 
 import c2pa
 from cryptography import x509
@@ -87,3 +88,31 @@ def active_manifest(data: bytes, mime: str) -> str | None:
         return None
     label = json.loads(reader.json()).get("active_manifest")
     return str(label) if label else None
+
+
+def image_data(data: bytes) -> bytes:
+    """The encoded image itself, without any metadata: PNG's IDAT bodies, JPEG from its first
+    SOS marker on, WebP's ALPH/VP8/VP8L chunk bodies. Equal between two files = the pixels were
+    not re-encoded, whatever metadata was added around them."""
+    if data.startswith(b"\x89PNG"):
+        pos, out = 8, []
+        while pos + 8 <= len(data):
+            (length,) = struct.unpack(">I", data[pos:pos + 4])
+            if data[pos + 4:pos + 8] == b"IDAT":
+                out.append(data[pos + 8:pos + 8 + length])
+            pos += 12 + length
+        return b"".join(out)
+    if data.startswith(b"\xff\xd8"):
+        pos = 2
+        while data[pos] == 0xFF and data[pos + 1] != 0xDA:
+            (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+            pos += 2 + length
+        return data[pos:]
+    pos, out = 12, []
+    while pos + 8 <= len(data):
+        kind = data[pos:pos + 4]
+        (length,) = struct.unpack("<I", data[pos + 4:pos + 8])
+        if kind in (b"ALPH", b"VP8 ", b"VP8L"):
+            out.append(data[pos + 8:pos + 8 + length])
+        pos += 8 + length + (length & 1)
+    return b"".join(out)
