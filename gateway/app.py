@@ -22,6 +22,7 @@ from gateway.api import (
     admin,
     bfl,
     chat,
+    credentials,
     edits,
     errors,
     files,
@@ -259,6 +260,6 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     text_guard.install(app)  # the OpenAPI document says free text holds no NUL
     for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
-                   admin):
+                   admin, credentials):
         app.include_router(module.router)
     return app

@@ -353,6 +353,35 @@ class _Refused(Exception):
     """A CLI request refused before anything changed; the message is one line."""
 
 
+@app.command("verify")
+def verify(file: Annotated[Path, typer.Argument(help="an image file (PNG, JPEG, WebP)")],
+           trust: Annotated[Path | None, typer.Option(
+               help="CA certificates (PEM) to trust; default provenance.trust_anchors_file")
+           ] = None,
+           config: ConfigOpt = None) -> None:
+    """Show what an image carries about its origin: the IPTC digital source type (XMP) and
+    its C2PA manifest, validated by c2pa's reader. Exits 1 when a manifest does not validate,
+    2 when the file cannot be read."""
+    from gateway.images.credentials import describe
+
+    trust = trust or _settings(config).provenance.trust_anchors_file
+    try:
+        data = file.read_bytes()
+        anchors = trust.read_text(encoding="ascii") if trust is not None else None
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"fluxgate: cannot read {getattr(exc, 'filename', None) or trust}",
+                   err=True)
+        raise typer.Exit(2) from exc
+    found = describe(data, trust_anchors=anchors)
+    if found["format"] is None:
+        typer.echo(f"fluxgate: {file} is not a PNG, JPEG or WebP image", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(found, indent=2))
+    manifest = found["c2pa"]
+    if manifest is not None and manifest["validation_state"] not in ("Valid", "Trusted"):
+        raise typer.Exit(1)
+
+
 @app.command("usage")
 def usage_cmd(key: Annotated[str | None, typer.Option("--key", help="one key's usage")] = None,
               since: Annotated[str | None, typer.Option(help="ISO date or unix seconds")] = None,

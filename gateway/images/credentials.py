@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 import c2pa
 
-from gateway.images.xmp import COMPOSITE, GENERATED
+from gateway.images.validate import sniff
+from gateway.images.xmp import COMPOSITE, GENERATED, source_type_of
 
 Relationship = Literal["parentOf", "componentOf", "inputTo"]
 _ALGS = {"es256": c2pa.C2paSigningAlg.ES256, "es384": c2pa.C2paSigningAlg.ES384,
@@ -134,10 +135,10 @@ def manifest_of(claim: Claim, mime: str) -> dict[str, Any]:
     components = [f"input-{i + 1}" for i in range(len(claim.components))]
     actions: list[dict[str, Any]]
     if claim.parent is None:
-        created = {"action": "c2pa.created", "digitalSourceType": claim.source_type,
-                   "softwareAgent": agent, "when": when, "parameters": dict(params)}
         if components:
-            created["parameters"]["ingredientIds"] = components
+            params["ingredientIds"] = components
+        created = {"action": "c2pa.created", "digitalSourceType": claim.source_type,
+                   "softwareAgent": agent, "when": when, "parameters": params}
         actions = [created]
     else:
         edited: dict[str, Any] = {
@@ -225,4 +226,17 @@ def read_manifest(data: bytes, mime: str, *, trust_anchors: str | None = None,
                          "manifest": i.get("active_manifest")}
                         for i in active.get("ingredients", [])],
         "failures": failures,
+    }
+
+
+def describe(data: bytes, *, trust_anchors: str | None = None) -> dict[str, Any]:
+    """What an image file carries about its origin, for `fluxgate verify` and
+    `GET /files/{id}/credentials`: its format, the XMP IPTC digital source type (None when
+    absent) and the C2PA manifest summary of `read_manifest` (None when absent)."""
+    fmt = sniff(data)
+    mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}.get(fmt or "")
+    return {
+        "format": mime,
+        "digital_source_type": source_type_of(data) if mime else None,
+        "c2pa": read_manifest(data, mime, trust_anchors=trust_anchors) if mime else None,
     }

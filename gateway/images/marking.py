@@ -124,6 +124,6 @@ def mark(done: Finished, origin: Origin, mode: Mode, key: SigningKey | None) -> 
         return replace(done, data=data, notes=tuple(notes))
     notes = [n for n in notes if n != C2PA_LOST]
     kept = "; the upstream's manifest is its parentOf ingredient" if upstream_signed else ""
-    notes.append(f"signed with C2PA content credentials ({'c2pa.edited' if parent else 'c2pa.created'})"
-                 f"{kept}")
+    action = "c2pa.edited" if parent else "c2pa.created"
+    notes.append(f"signed with C2PA content credentials ({action}){kept}")
     return replace(done, data=signed, notes=tuple(notes))

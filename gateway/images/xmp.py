@@ -168,9 +168,9 @@ def _webp(data: bytes, xmp: bytes) -> bytes:
         raise XmpError("empty WebP")
     chunks = [(k, b) for k, b in chunks if k != b"XMP "]
     if chunks[0][0] == b"VP8X":
-        flags = bytearray(chunks[0][1])
-        flags[0] |= 0x04  # XMP metadata present
-        chunks[0] = (b"VP8X", bytes(flags))
+        header = bytearray(chunks[0][1])
+        header[0] |= 0x04  # XMP metadata present
+        chunks[0] = (b"VP8X", bytes(header))
     else:
         w, h, alpha = _webp_size(*chunks[0])
         flags = 0x04 | (0x10 if alpha else 0)

@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import struct
+from typing import Any
 
 import c2pa
 from cryptography import x509
@@ -40,9 +41,18 @@ def _usage(*, sign: bool) -> x509.KeyUsage:
 @functools.cache
 def _signer_info() -> tuple[bytes, bytes]:
     """(PEM chain leaf+CA, PEM PKCS#8 key) of an ES256 signer under a fresh test CA."""
+    chain, pem, _ = make_chain("test")
+    return chain, pem
+
+
+def make_chain(who: str) -> tuple[bytes, bytes, bytes]:
+    """(PEM chain leaf+CA, PEM PKCS#8 key, PEM CA) of a fresh ES256 signer `who signer`
+    under a fresh CA `who CA`: a C2PA-acceptable end-entity certificate (digitalSignature,
+    an emailProtection EKU) and its CA."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
+    ca = (x509.CertificateBuilder().subject_name(_name(f"{who} CA"))
+          .issuer_name(_name(f"{who} CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - datetime.timedelta(days=1))
           .not_valid_after(now + datetime.timedelta(days=30))
@@ -52,7 +62,8 @@ def _signer_info() -> tuple[bytes, bytes]:
                          critical=False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(_name("test signer")).issuer_name(ca.subject)
+    leaf = (x509.CertificateBuilder().subject_name(_name(f"{who} signer"))
+            .issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
@@ -67,7 +78,22 @@ def _signer_info() -> tuple[bytes, bytes]:
         ca.public_bytes(serialization.Encoding.PEM)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    return chain, pem
+    return chain, pem, ca.public_bytes(serialization.Encoding.PEM)
+
+
+def upstream_ca() -> bytes:
+    """The CA of the signer `sign` uses (what BFL's root is to a real verifier)."""
+    chain, _ = _signer_info()
+    return chain.split(b"-----END CERTIFICATE-----\n", 1)[1]
+
+
+def reader_store(data: bytes, mime: str, anchors: bytes) -> tuple[str | None, dict[str, Any]]:
+    """(validation state, manifest store JSON) as c2pa's own Reader gives them, the signers'
+    chains checked against the CA certificates `anchors` (PEM)."""
+    settings = {"verify": {"verify_trust": True}, "trust": {"trust_anchors": anchors.decode()}}
+    with c2pa.Context.from_dict(settings) as ctx, \
+            c2pa.Reader(mime, io.BytesIO(data), context=ctx) as reader:
+        return reader.get_validation_state(), json.loads(reader.json())
 
 
 def sign(data: bytes, mime: str) -> bytes:
