@@ -237,3 +237,134 @@ def test_an_upstream_manifest_is_kept_as_the_parent_ingredient(
         assert "C2PA content credentials (manifest) were lost" in note
         assert upstream_label is not None and upstream_label in note
 
+
+
+# -- where the mode comes from -----------------------------------------------------------------
+ADMIN = "admin-secret"
+
+
+def test_mode_is_set_per_key_in_the_admin_api_and_per_price_group_in_settings(
+        gateway_factory: Any, upstream: FakeOpenAI, tmp_path: Path, chain: Chain) -> None:
+    upstream.answer = encode(picture((64, 64)), "PNG")
+    gw, _, _ = start(gateway_factory, admin_token=ADMIN, provenance=provenance_settings(
+        tmp_path, chain, price_groups={"press": "signed"}))
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    created = httpx.post(f"{gw.base_url}/admin/keys", headers=admin, timeout=30,
+                         json={"name": "press desk", "price_group": "press"})
+    assert created.status_code == 201, created.text
+    assert created.json()["provenance"] is None  # its group's mode applies
+    key_id, key = created.json()["id"], created.json()["secret"]
+    assert active_manifest(served(_generate(gw, key, "png")), "image/png") is not None
+
+    patched = httpx.patch(f"{gw.base_url}/admin/keys/{key_id}", headers=admin, timeout=30,
+                          json={"provenance": "off"})
+    assert patched.status_code == 200 and patched.json()["provenance"] == "off"
+    assert served(_generate(gw, key, "png")) == upstream.answer  # the key's own mode wins
+
+    bad = httpx.patch(f"{gw.base_url}/admin/keys/{key_id}", headers=admin, timeout=30,
+                      json={"provenance": "loud"})
+    assert bad.status_code in (400, 422)
+    assert "provenance" in json.dumps(bad.json()["error"])
+    plain = httpx.post(f"{gw.base_url}/admin/keys", headers=admin, timeout=30,
+                       json={"name": "no group"}).json()["secret"]
+    result = served(_generate(gw, plain, "png"))  # the default: metadata
+    assert source_type_of(result) == GENERATED and active_manifest(result, "image/png") is None
+
+
+def test_keys_cli_sets_and_clears_the_mode(gateway: Gateway) -> None:
+    key_id, _ = gateway.create_key()
+    env = {"FLUXGATE_DATA_DIR": str(gateway.settings.data_dir)}
+    runner = CliRunner()
+    done = runner.invoke(cli_app, ["keys", "update", key_id, "--provenance", "signed"], env=env)
+    assert done.exit_code == 0, done.output
+    listed = json.loads(runner.invoke(cli_app, ["keys", "list", "--json"], env=env).output)
+    assert [k["provenance"] for k in listed if k["id"] == key_id] == ["signed"]
+    bad = runner.invoke(cli_app, ["keys", "update", key_id, "--provenance", "loud"], env=env)
+    assert bad.exit_code == 1 and "provenance must be one of" in bad.output
+    cleared = runner.invoke(cli_app, ["keys", "update", key_id, "--clear", "provenance"], env=env)
+    assert cleared.exit_code == 0, cleared.output
+    listed = json.loads(runner.invoke(cli_app, ["keys", "list", "--json"], env=env).output)
+    assert [k["provenance"] for k in listed if k["id"] == key_id] == [None]
+
+
+def test_signed_without_a_certificate_marks_with_metadata_and_says_so(
+        gateway_factory: Any, upstream: FakeOpenAI) -> None:
+    upstream.answer = encode(picture((64, 64)), "JPEG")
+    gw, key_id, key = start(gateway_factory, provenance={"default": "signed"})
+    result = served(_generate(gw, key, "jpeg"))
+    assert source_type_of(result) == GENERATED
+    assert active_manifest(result, "image/jpeg") is None
+    [row] = jobs_of(gw, key_id)
+    assert any("no signing certificate is configured" in n for n in row.spec["notes"])
+
+
+SIGN_HOOK = '''
+import sys
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+key = serialization.load_pem_private_key(open(sys.argv[1], "rb").read(), None)
+digest = sys.stdin.buffer.read()
+assert len(digest) == 32, len(digest)  # the hook signs a SHA-256 digest, as a KMS does
+sys.stdout.buffer.write(key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
+'''
+
+
+def test_a_sign_command_keeps_the_key_outside_the_gateway(
+        gateway_factory: Any, upstream: FakeOpenAI, tmp_path: Path, chain: Chain) -> None:
+    """`signing.sign_command`: the private key lives only in the hook (here a script standing
+    in for a KMS), which gets the digest on stdin and prints a DER signature."""
+    hook = tmp_path / "hook.py"
+    hook.write_text(SIGN_HOOK)
+    settings = provenance_settings(tmp_path, chain,
+                                   command=[sys.executable, str(hook), str(tmp_path / "key.pem")],
+                                   default="signed")
+    assert "key_file" not in settings["signing"]
+    upstream.answer = encode(picture((64, 64)), "WEBP", lossless=True)
+    gw, _, key = start(gateway_factory, provenance=settings)
+    result = served(_generate(gw, key, "webp"))
+    state, store = reader_store(result, "image/webp", anchors(chain))
+    assert state == "Trusted", store.get("validation_results")
+
+
+# -- what a file carries: GET /files/{id}/credentials and `fluxgate verify` ----------------------
+def test_credentials_endpoint_and_verify_command_show_what_a_result_carries(
+        gateway_factory: Any, upstream: FakeOpenAI, tmp_path: Path, chain: Chain) -> None:
+    upstream.answer = sign(encode(picture((64, 64)), "PNG"), "image/png")
+    gw, key_id, key = start(gateway_factory,
+                            provenance=provenance_settings(tmp_path, chain, default="signed"))
+    result = served(_generate(gw, key, "jpeg"))
+    [row] = jobs_of(gw, key_id)
+    file_id = row.outputs[0]["file_id"]
+    resp = httpx.get(f"{gw.base_url}/files/{file_id}/credentials", timeout=30,
+                     headers={"authorization": f"Bearer {key}"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["digital_source_type"] == GENERATED
+    c2pa = body["c2pa"]
+    assert c2pa["validation_state"] == "Trusted" and c2pa["manifests"] == 2
+    assert c2pa["claim_generator"][0].startswith("fluxgate ")
+    assert [a["action"] for a in c2pa["actions"]] == ["c2pa.opened", "c2pa.edited"]
+    assert [i["relationship"] for i in c2pa["ingredients"]] == ["parentOf"]
+    _, other = gw.create_key()
+    denied = httpx.get(f"{gw.base_url}/files/{file_id}/credentials", timeout=30,
+                       headers={"authorization": f"Bearer {other}"})
+    assert denied.status_code == 404 and denied.json()["error"]["code"] == "file_not_found"
+
+    runner = CliRunner()
+    path = tmp_path / "result.jpg"
+    path.write_bytes(result)
+    trust = ["--trust", str(tmp_path / "anchors.pem")]
+    shown = runner.invoke(cli_app, ["verify", str(path), *trust])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["c2pa"]["validation_state"] == "Trusted"
+    tampered = bytearray(result)
+    tampered[-100] ^= 0xFF  # one bit of the image data: the hard binding no longer matches
+    path.write_bytes(bytes(tampered))
+    refused = runner.invoke(cli_app, ["verify", str(path), *trust])
+    assert refused.exit_code == 1
+    assert json.loads(refused.output)["c2pa"]["failures"]
+    path.write_bytes(encode(picture((16, 16)), "PNG"))
+    bare = runner.invoke(cli_app, ["verify", str(path), *trust])
+    assert bare.exit_code == 0
+    assert json.loads(bare.output) == {"format": "image/png", "digital_source_type": None,
+                                       "c2pa": None}
