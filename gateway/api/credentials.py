@@ -13,11 +13,12 @@ import anyio
 from fastapi import APIRouter
 
 from gateway.api.deps import PrincipalDep, ServicesDep
+from gateway.api.openapi import OPENAI_ERRORS
 from gateway.errors import NotFound
 from gateway.images.credentials import describe
 from gateway.storage.base import ObjectMissing
 
-router = APIRouter()
+router = APIRouter(responses=OPENAI_ERRORS)
 
 
 @router.get("/files/{file_id}/credentials", tags=["files"])

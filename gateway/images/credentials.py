@@ -170,7 +170,7 @@ def sign(data: bytes, mime: str, claim: Claim, key: SigningKey) -> bytes:
     `claim`. The image data is not re-encoded. Raises SigningError."""
     out = io.BytesIO()
     try:
-        with c2pa.Context.from_dict(_NO_THUMBNAILS) as ctx, \
+        with c2pa.Context.from_dict(_NO_THUMBNAILS) as ctx, key.signer() as signer, \
                 c2pa.Builder(manifest_of(claim, mime), ctx) as builder:
             if claim.parent is not None:
                 builder.add_ingredient(_ingredient_json(claim.parent, "parent"),
@@ -178,7 +178,7 @@ def sign(data: bytes, mime: str, claim: Claim, key: SigningKey) -> bytes:
             for i, part in enumerate(claim.components):
                 builder.add_ingredient(_ingredient_json(part, f"input-{i + 1}"), part.mime,
                                        io.BytesIO(part.data))
-            builder.sign(key.signer(), mime, io.BytesIO(data), out)
+            builder.sign(signer, mime, io.BytesIO(data), out)
     except c2pa.C2paError as exc:
         raise SigningError(f"C2PA signing failed: {exc}") from exc
     return out.getvalue()
