@@ -31,17 +31,18 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.images.credentials import SigningKey  # noqa: E402
-from gateway.images.marking import Mode, Origin, mark  # noqa: E402
-from gateway.images.output import finish_output  # noqa: E402
-from tests.images.credentials import make_chain, sign  # noqa: E402
+from gateway.images.credentials import SigningKey
+from gateway.images.marking import Mode, Origin, mark
+from gateway.images.output import finish_output
+from tests.images.credentials import make_chain, sign
 
 HOOK = """
 import sys
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 key = serialization.load_pem_private_key(open(sys.argv[1], "rb").read(), None)
-sys.stdout.buffer.write(key.sign(sys.stdin.buffer.read(), ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
+digest = sys.stdin.buffer.read()
+sys.stdout.buffer.write(key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
 """
 PILLOW = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -49,7 +50,8 @@ MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 def photo(size: int) -> Image.Image:
     rng = random.Random(7)
-    grain = Image.frombytes("L", (size, size), bytes(rng.randrange(256) for _ in range(size * size)))
+    noise = bytes(rng.randrange(256) for _ in range(size * size))
+    grain = Image.frombytes("L", (size, size), noise)
     smooth = Image.linear_gradient("L").resize((size, size))
     return Image.merge("RGB", (Image.blend(grain, smooth, 0.7), smooth, grain.rotate(90)))
 
@@ -105,10 +107,12 @@ def main() -> None:
                              label, p50, p90, len(out) - len(base.data), len(done.data)))
     lines = [f"# Provenance cost per result ({size}x{size}, {repeats} repeats, "
              f"{time.strftime('%Y-%m-%d %H:%M')})", "",
-             "| format | upstream answer | mode | mark() p50 ms | p90 ms | bytes added | result bytes |",
+             "| format | upstream answer | mode | mark() p50 ms | p90 ms | bytes added "
+             "| result bytes |",
              "|---|---|---|---:|---:|---:|---:|"]
     for fmt, how, label, p50, p90, added, total in rows:
-        lines.append(f"| {fmt} | {how} | {label} | {p50:.1f} | {p90:.1f} | {added:+,} | {total:,} |")
+        lines.append(f"| {fmt} | {how} | {label} | {p50:.1f} | {p90:.1f} | {added:+,} "
+                     f"| {total:,} |")
     text = "\n".join(lines) + "\n"
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)

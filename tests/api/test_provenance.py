@@ -12,29 +12,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import respx
 from PIL import Image
 from typer.testing import CliRunner
 
 from gateway.cli import app as cli_app
 from gateway.images.xmp import COMPOSITE, GENERATED, source_type_of
-from tests.api.test_fidelity import (  # noqa: F401 (upstream is a fixture)
-    FakeOpenAI,
-    decoded,
-    encode,
-    max_diff,
-    picture,
-    start,
-    upstream,
-)
+from tests.api.test_fidelity import UPSTREAM, FakeOpenAI, decoded, encode, max_diff, picture, start
 from tests.conftest import Gateway, jobs_of
 from tests.images.credentials import (
     active_manifest,
@@ -50,6 +42,18 @@ MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 OTHER = {"png": "JPEG", "jpeg": "PNG", "webp": "PNG"}  # what the upstream answers to convert
 MODES = ("off", "metadata", "signed")
 Chain = tuple[bytes, bytes, bytes]
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """The OpenAI-compatible upstream of test_fidelity.py (channel `oai` of `start`)."""
+    monkeypatch.setenv("FIDELITY_KEY", "sk-upstream")
+    fake = FakeOpenAI()
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.post(f"{UPSTREAM}/v1/images/generations").mock(side_effect=fake.respond)
+        mock.post(f"{UPSTREAM}/v1/images/edits").mock(side_effect=fake.respond)
+        yield fake
 
 
 @pytest.fixture(scope="module")
