@@ -33,6 +33,8 @@ ALPHABET = string.digits + string.ascii_letters
 RANDOM_LEN = 32
 CHECK_LEN = 6
 PREFIXES = {"live": "fk_live_", "test": "fk_test_"}
+#: what a key's results carry (None on a key: its price group's mode, else the default)
+PROVENANCE_MODES = ("off", "metadata", "signed")
 
 
 def _base62(n: int, width: int) -> str:
@@ -89,11 +91,14 @@ async def create_key(session: AsyncSession, *, name: str, mode: str = "live",
                      models: list[str] | None = None, rpm: int | None = None,
                      max_concurrency: int | None = None, price_group: str | None = None,
                      expires_at: datetime | None = None,
-                     ip_allow: list[str] | None = None) -> CreatedKey:
+                     ip_allow: list[str] | None = None,
+                     provenance: str | None = None) -> CreatedKey:
     """Create a key. `balance=None` makes an unlimited (post-paid) key; an int (micro-units)
-    makes a prepaid key topped up by that amount through the ledger."""
+    makes a prepaid key topped up by that amount through the ledger. `provenance` is one of
+    PROVENANCE_MODES or None."""
     if mode not in PREFIXES:
         raise InvalidValue(f"mode must be one of {sorted(PREFIXES)}", param="mode")
+    _check_provenance(provenance)
     ip_allow = normalize_cidrs(ip_allow)
     _check_limits(rpm=rpm, max_concurrency=max_concurrency)
     plaintext = generate(mode)
@@ -102,7 +107,7 @@ async def create_key(session: AsyncSession, *, name: str, mode: str = "live",
         display=display_of(plaintext), mode=mode, balance=0, unlimited=balance is None,
         disabled=False, models=models, rpm=rpm, max_concurrency=max_concurrency,
         price_group=price_group, created_at=datetime.now(UTC), expires_at=expires_at,
-        ip_allow=ip_allow,
+        ip_allow=ip_allow, provenance=provenance,
     )
     session.add(row)
     await session.flush()
@@ -214,6 +219,12 @@ def normalize_cidrs(cidrs: Sequence[str] | None) -> list[str] | None:
     return out
 
 
+def _check_provenance(value: str | None) -> None:
+    if value is not None and value not in PROVENANCE_MODES:
+        raise InvalidValue(f"provenance must be one of {', '.join(PROVENANCE_MODES)}",
+                           param="provenance")
+
+
 def _check_limits(**limits: int | None) -> None:
     for name, value in limits.items():
         if value is not None and value < 1:
@@ -234,6 +245,7 @@ async def update_key(session: AsyncSession, key_id: str, *, name: str = UNSET,
                      max_concurrency: int | None = UNSET, price_group: str | None = UNSET,
                      expires_at: datetime | None = UNSET, disabled: bool = UNSET,
                      unlimited: bool = UNSET, meta: dict[str, Any] | None = UNSET,
+                     provenance: str | None = UNSET,
                      cache: KeyCache | None = None) -> ApiKeyRow:
     """Change the given settings of a key (an argument left out stays as it is; None clears
     it). The balance changes only through the ledger, the mode and secret never. Raises
@@ -243,7 +255,10 @@ async def update_key(session: AsyncSession, key_id: str, *, name: str = UNSET,
             "name": name, "owner": owner, "models": models, "ip_allow": ip_allow, "rpm": rpm,
             "max_concurrency": max_concurrency, "price_group": price_group,
             "expires_at": expires_at, "disabled": disabled, "unlimited": unlimited, "meta": meta,
+            "provenance": provenance,
         }.items() if v is not UNSET}
+    if "provenance" in changes:
+        _check_provenance(changes["provenance"])
     if "ip_allow" in changes:
         changes["ip_allow"] = normalize_cidrs(changes["ip_allow"])
     _check_limits(rpm=changes.get("rpm"), max_concurrency=changes.get("max_concurrency"))
@@ -275,6 +290,7 @@ class KeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    provenance: str | None = None
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> KeyInfo:

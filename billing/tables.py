@@ -46,6 +46,8 @@ class ApiKeyRow(BillingBase):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # off | metadata | signed: what this key's results carry (NULL: price group's, else default)
+    provenance: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class LedgerRow(BillingBase):

@@ -22,6 +22,7 @@ from gateway.api import (
     admin,
     bfl,
     chat,
+    credentials,
     edits,
     errors,
     files,
@@ -48,6 +49,7 @@ from gateway.datadir import database_line
 from gateway.images.budget import PixelBudget
 from gateway.images.fetch import ImageFetcher
 from gateway.jobs.channel_state import ChannelStateSync
+from gateway.jobs.provenance import ProvenancePolicy
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
 from gateway.logcontext import RequestIdMiddleware
@@ -116,7 +118,11 @@ async def close_storage(storage: Storage) -> None:
 
 async def build_services(settings: Settings) -> Services:
     """Create every long-lived component (call `close_services` to release them)."""
-    storage = await build_storage(settings)  # first: it may stop start-up (ConfigError)
+    try:  # the signing key's files are read once, here
+        provenance = ProvenancePolicy.from_settings(settings.provenance)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    storage = await build_storage(settings)  # it may stop start-up (ConfigError)
     db = settings.database
     engine = make_engine(settings.resolved_database_url, pool_size=db.pool_size,
                          max_overflow=db.max_overflow, pool_timeout=db.pool_timeout)
@@ -144,7 +150,8 @@ async def build_services(settings: Settings) -> Services:
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
                       settings=settings.jobs, writer=writer, observer=metrics.job_finished,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
-                      outbox=webhooks.outbox)
+                      outbox=webhooks.outbox,
+                      provenance=provenance)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
     services = Services(
@@ -253,7 +260,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     text_guard.install(app)  # the OpenAPI document says free text holds no NUL
     for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
-                   admin):
+                   admin, credentials):
         app.include_router(module.router)
     console.install(app)  # the web console at /console (gateway/console/)
     return app

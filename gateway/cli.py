@@ -181,11 +181,18 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
                 as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
                 key_only: Annotated[bool, typer.Option(
                     "--key-only", help="print only the key (for `export KEY=$(...)`)")] = False,
+                provenance: Annotated[str | None, typer.Option(
+                    help="off | metadata | signed (default: the price group's or config's)")
+                ] = None,
                 config: ConfigOpt = None) -> None:
     """Create a key and print it (it is shown only once) with the database it went into."""
     settings = _settings(config)
-    created = _with_session(settings, lambda s: key_service.create_key(
-        s, name=name, mode="test" if test else "live", balance=balance, models=model or None))
+    try:
+        created = _with_session(settings, lambda s: key_service.create_key(
+            s, name=name, mode="test" if test else "live", balance=balance,
+            models=model or None, provenance=provenance))
+    except BillingError as exc:
+        raise _fail(exc) from exc
     where = database_line(settings)
     if key_only:
         typer.echo(created.plaintext)
@@ -215,7 +222,8 @@ def keys_list(config: ConfigOpt = None,
         typer.echo(json.dumps([{"id": r.id, "name": r.name, "key": r.display, "mode": r.mode,
                                 "balance": None if r.unlimited else r.balance,
                                 "money_unit": _money_unit(settings),
-                                "revoked": r.revoked_at is not None} for r in rows]))
+                                "revoked": r.revoked_at is not None,
+                                "provenance": r.provenance} for r in rows]))
         return
     _print_keys(rows, settings.billing.currency)
     console.print(database_line(settings), soft_wrap=True, markup=False)
@@ -281,17 +289,20 @@ def keys_update(key_id: str,
                     help="allow only this IP/CIDR (repeatable)")] = None,
                 disable: Annotated[bool | None, typer.Option(
                     "--disable/--enable", help="disable or re-enable the key")] = None,
+                provenance: Annotated[str | None, typer.Option(
+                    help="off | metadata | signed: what the key's results carry")] = None,
                 clear: Annotated[list[str] | None, typer.Option(
-                    help="clear a setting: rpm, max-concurrency, price-group, models, ip")
+                    help="clear a setting: rpm, max-concurrency, price-group, models, ip, "
+                         "provenance")
                 ] = None,
                 config: ConfigOpt = None) -> None:
     """Change a key's settings (options left out stay as they are)."""
     changes: dict[str, Any] = {k: v for k, v in {
         "name": name, "rpm": rpm, "max_concurrency": max_concurrency,
         "price_group": price_group, "models": model or None, "ip_allow": ip or None,
-        "disabled": disable}.items() if v is not None}
+        "disabled": disable, "provenance": provenance}.items() if v is not None}
     fields = {"rpm": "rpm", "max-concurrency": "max_concurrency", "price-group": "price_group",
-              "models": "models", "ip": "ip_allow"}
+              "models": "models", "ip": "ip_allow", "provenance": "provenance"}
     for item in clear or []:
         if item not in fields:
             typer.echo(f"fluxgate: cannot clear {item!r}; use one of {', '.join(fields)}",
@@ -340,6 +351,35 @@ def keys_topup(key_id: str,
 
 class _Refused(Exception):
     """A CLI request refused before anything changed; the message is one line."""
+
+
+@app.command("verify")
+def verify(file: Annotated[Path, typer.Argument(help="an image file (PNG, JPEG, WebP)")],
+           trust: Annotated[Path | None, typer.Option(
+               help="CA certificates (PEM) to trust; default provenance.trust_anchors_file")
+           ] = None,
+           config: ConfigOpt = None) -> None:
+    """Show what an image carries about its origin: the IPTC digital source type (XMP) and
+    its C2PA manifest, validated by c2pa's reader. Exits 1 when a manifest does not validate,
+    2 when the file cannot be read."""
+    from gateway.images.credentials import describe
+
+    trust = trust or _settings(config).provenance.trust_anchors_file
+    try:
+        data = file.read_bytes()
+        anchors = trust.read_text(encoding="ascii") if trust is not None else None
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"fluxgate: cannot read {getattr(exc, 'filename', None) or trust}",
+                   err=True)
+        raise typer.Exit(2) from exc
+    found = describe(data, trust_anchors=anchors)
+    if found["format"] is None:
+        typer.echo(f"fluxgate: {file} is not a PNG, JPEG or WebP image", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(found, indent=2))
+    manifest = found["c2pa"]
+    if manifest is not None and manifest["validation_state"] not in ("Valid", "Trusted"):
+        raise typer.Exit(1)
 
 
 @app.command("usage")

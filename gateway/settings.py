@@ -287,6 +287,43 @@ class BillingSettings(BaseModel):
         return self
 
 
+class SigningSettings(BaseModel):
+    """The C2PA signing identity (`provenance: signed`): a certificate chain and either its
+    private key or a command that signs (a KMS/HSM hook: the digest on stdin, the signature,
+    DER or raw, on stdout). Paths are read once at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path | None = None  # PEM chain, end-entity certificate first
+    key_file: Path | None = None  # PEM private key (PKCS#8)
+    sign_command: list[str] | None = None  # instead of key_file: argv of the signing hook
+    command_input: Literal["digest", "message"] = "digest"  # what the command gets on stdin
+    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    tsa_url: str | None = None  # RFC 3161 time-stamp authority (none: no trusted time)
+
+    @model_validator(mode="after")
+    def _key_or_command(self) -> SigningSettings:
+        if self.cert_file is not None and (self.key_file is None) == (self.sign_command is None):
+            raise ValueError("with cert_file, give exactly one of key_file or sign_command")
+        if self.cert_file is None and (self.key_file or self.sign_command):
+            raise ValueError("key_file and sign_command need cert_file")
+        return self
+
+
+class ProvenanceSettings(BaseModel):
+    """What every result carries about its origin (README, "Provenance")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # off | metadata (IPTC digital source type in XMP) | signed (metadata + C2PA manifest)
+    default: Literal["off", "metadata", "signed"] = "metadata"
+    # per price group (a key's own setting wins over its group's)
+    price_groups: dict[str, Literal["off", "metadata", "signed"]] = Field(default_factory=dict)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
+    # PEM file of CA certificates `fluxgate verify` and /files/{id}/credentials trust
+    trust_anchors_file: Path | None = None
+
+
 def _default_aliases() -> dict[str, str]:
     return dict(DEFAULT_ALIASES)
 
@@ -329,6 +366,7 @@ class Settings(BaseSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
 
     #: where `data_dir` came from, in words (set by `load_settings`)
     _data_dir_origin: str = PrivateAttr(default="the default for this user")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -53,7 +53,7 @@ def key_view(row: ApiKeyRow) -> dict[str, Any]:
         "mode": row.mode, "balance_micro": row.balance, "unlimited": row.unlimited,
         "disabled": row.disabled, "models": row.models, "ip_allow": row.ip_allow,
         "rpm": row.rpm, "max_concurrency": row.max_concurrency,
-        "price_group": row.price_group,
+        "price_group": row.price_group, "provenance": row.provenance,
         "created_at": row.created_at.isoformat() if row.created_at else None,
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
@@ -98,6 +98,7 @@ class KeyCreate(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     price_group: str | None = None
     expires_at: datetime | None = None
+    provenance: Literal["off", "metadata", "signed"] | None = None  # None: group's or default
 
 
 class KeyUpdate(BaseModel):
@@ -113,6 +114,7 @@ class KeyUpdate(BaseModel):
     expires_at: datetime | None = None
     disabled: StrictBool | None = None  # JSON booleans only
     unlimited: StrictBool | None = None
+    provenance: Literal["off", "metadata", "signed"] | None = None  # null: group's or default
 
 
 class Money(BaseModel):
@@ -145,7 +147,8 @@ async def create_key(body: KeyCreate, services: ServicesDep) -> dict[str, Any]:
         created = await keys.create_key(
             session, name=body.name, mode=body.mode, balance=balance, owner=body.owner,
             models=body.models, rpm=body.rpm, max_concurrency=body.max_concurrency,
-            price_group=body.price_group, expires_at=body.expires_at, ip_allow=body.ip_allow)
+            price_group=body.price_group, expires_at=body.expires_at, ip_allow=body.ip_allow,
+            provenance=body.provenance)
     return {**key_view(created.row), "secret": created.plaintext}
 
 

@@ -79,6 +79,7 @@ class Principal:
     price_group: str | None
     rpm: int | None = None
     max_concurrency: int | None = None
+    provenance: str | None = None  # off | metadata | signed; None: group's or default
 
     def check_model(self, model: str) -> None:
         """Raise PermissionDenied when this key may not use `model`."""
@@ -113,7 +114,7 @@ async def authenticate(request: Request, services: ServicesDep) -> Principal:
     principal = Principal(key_id=row.id, name=row.name, mode=row.mode,
                           models=tuple(row.models) if row.models is not None else None,
                           price_group=row.price_group, rpm=row.rpm,
-                          max_concurrency=row.max_concurrency)
+                          max_concurrency=row.max_concurrency, provenance=row.provenance)
     request.state.principal = principal
     return principal
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -38,10 +38,17 @@ def get_desk(services: ServicesDep) -> OrderDesk:
 DeskDep = Annotated[OrderDesk, Depends(get_desk)]
 
 
+_PROVENANCE: dict[str | None, Literal["off", "metadata", "signed"]] = {
+    "off": "off", "metadata": "metadata", "signed": "signed"}
+
+
 def customer_of(principal: Principal) -> Customer:
+    provenance = _PROVENANCE.get(principal.provenance)
     if principal.mode == "test":
-        return Customer(key_id=principal.key_id, mode="test", price_group=principal.price_group)
-    return Customer(key_id=principal.key_id, mode="live", price_group=principal.price_group)
+        return Customer(key_id=principal.key_id, mode="test", price_group=principal.price_group,
+                        provenance=provenance)
+    return Customer(key_id=principal.key_id, mode="live", price_group=principal.price_group,
+                    provenance=provenance)
 
 
 def parse_response_format(value: str | None) -> str | None:

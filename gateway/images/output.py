@@ -18,7 +18,9 @@ promises (README, "Edits and results"):
   and encoded in the asked format with the input's profile.
 * **Pass-through.** A result already in the asked format and ratio, with no mask, is served
   byte for byte (metadata such as C2PA manifests kept). Where the pipeline re-encodes a
-  result that carried a C2PA manifest, the notes say it was lost (`provenance.has_c2pa`).
+  result that carried a C2PA manifest, the notes say it was lost (`provenance.has_c2pa`);
+  `marking.mark` then writes the provenance the job's mode asks for (and signs, keeping the
+  lost manifest as an ingredient, under `provenance: signed`).
 
 Every change made is described in `Finished.notes`, for the job record. Synchronous Pillow
 work: callers run it in a thread.
@@ -45,7 +47,7 @@ from gateway.images.validate import sniff, upright_size
 
 Fit = Literal["pass", "crop", "pad"]
 C2PA_LOST = ("the upstream's C2PA content credentials (manifest) were lost: the gateway "
-             "re-encoded the image and does not sign its own manifest yet")
+             "re-encoded the image without signing it")
 RATIO_TOLERANCE = 0.02  # relative width/height error a result may have before `fit` applies
 
 

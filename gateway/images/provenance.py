@@ -1,9 +1,10 @@
 """Content credentials (C2PA): finding an embedded manifest store in image bytes.
 
-The gateway does not sign anything yet. What it promises meanwhile (README, "Results"): bytes
-that pass through unchanged keep their manifest; wherever the gateway re-encodes an image that
-carried one (format conversion, ratio fit, mask, EXIF rotation), the job's notes record that
-the manifest was lost, so no path strips it silently. `has_c2pa` looks for the manifest store
+What the gateway promises (README, "Provenance"): bytes that pass through unchanged keep their
+manifest; wherever the gateway re-encodes an image that carried one (format conversion, ratio
+fit, mask, EXIF rotation), the job's notes record that the manifest was lost, so no path
+strips it silently, unless the result is signed (`marking.mark`, `provenance: signed`), which
+keeps it as the new manifest's ingredient. `has_c2pa` looks for the manifest store
 where the C2PA specification embeds it (§A.3 "Embedding manifests into assets"):
 
 * JPEG: APP11 segments holding a JUMBF box (`JP` common identifier, `jumb` box) labelled `c2pa`;

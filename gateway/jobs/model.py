@@ -70,6 +70,8 @@ class JobSpec(BaseModel):
     webhook_url: str | None = None  # checked against the SSRF policy when accepted
     webhook_secret: str | None = None  # the request's own secret, SEALED (webhooks.SecretBox)
     notes: list[str] = Field(default_factory=list)  # decisions worth recording on the job
+    # the key's own provenance mode (None: its price group's, else the default)
+    provenance: Literal["off", "metadata", "signed"] | None = None
 
 
 class JobOutput(BaseModel):

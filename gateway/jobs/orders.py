@@ -63,6 +63,7 @@ class Customer:
     key_id: str
     mode: Literal["live", "test"]
     price_group: str | None
+    provenance: Literal["off", "metadata", "signed"] | None = None  # the key's own mode
 
 
 class OrderDesk:
@@ -199,7 +200,8 @@ class OrderDesk:
         batch_id = f"batch_{secrets.token_hex(8)}"
         specs = [
             JobSpec(key_id=customer.key_id, key_mode=customer.mode,
-                    price_group=customer.price_group, surface=order.surface, batch_id=batch_id,
+                    price_group=customer.price_group, provenance=customer.provenance,
+                    surface=order.surface, batch_id=batch_id,
                     model=order.model, operation=order.operation, prompt=order.prompt,
                     input_file_ids=file_ids, mask_file_id=mask_id,
                     aspect_ratio=order.aspect_ratio, notes=list(order.notes),

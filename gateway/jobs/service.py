@@ -78,6 +78,7 @@ from gateway.jobs import channel_state, leases
 from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
+from gateway.jobs.provenance import ProvenancePolicy
 from gateway.jobs.results import finish_result
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
@@ -168,7 +169,8 @@ class JobService:
                  files: FileStore, prices: PriceTable, settings: JobSettings,
                  moderation_fee: int = 0, outbox: Outbox | None = None,
                  writer: Writer | None = None,
-                 observer: Callable[[JobRow], None] | None = None) -> None:
+                 observer: Callable[[JobRow], None] | None = None,
+                 provenance: ProvenancePolicy | None = None) -> None:
         self.sessions = sessions  # reads; every write of a job goes through `writer`
         self.writer = writer or Writer(sessions, group_commit=False)
         self.outbox = outbox  # webhook deliveries, written in the terminal transaction
@@ -178,6 +180,7 @@ class JobService:
         self.prices = prices
         self.settings = settings
         self.moderation_fee = moderation_fee
+        self.provenance = provenance  # what results carry (None: nothing, as `off`)
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._live: dict[str, JobRow] = {}  # job id -> the row its task here works from
@@ -707,7 +710,9 @@ class JobService:
                 data = output.data if output.data is not None \
                     else await self._download(channel, output)
                 try:  # format, ratio, quality and mask as asked (gateway/images/output.py)
-                    done = await finish_result(self.files, spec, data, fit=channel.settings.fit)
+                    done = await finish_result(self.files, spec, data, fit=channel.settings.fit,
+                                               provenance=self.provenance,
+                                               channel_type=channel.kind)
                 except InvalidRequest as exc:
                     raise UpstreamRejected(f"the result is unusable: {exc.message}") from exc
                 data, size = done.data, (done.width, done.height)
