@@ -29,6 +29,7 @@ from gateway.api import (
     home,
     images,
     replicate,
+    responses,
     tasks,
     text_guard,
     usage,
@@ -253,6 +254,6 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     text_guard.install(app)  # the OpenAPI document says free text holds no NUL
     for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
-                   admin):
+                   admin, responses):
         app.include_router(module.router)
     return app

@@ -70,6 +70,9 @@ class JobSpec(BaseModel):
     webhook_url: str | None = None  # checked against the SSRF policy when accepted
     webhook_secret: str | None = None  # the request's own secret, SEALED (webhooks.SecretBox)
     notes: list[str] = Field(default_factory=list)  # decisions worth recording on the job
+    #: what the creating API repeats when the job's answer is read again (the Responses API:
+    #: the request's model name, tools, instructions, metadata); never sent upstream
+    echo: dict[str, Any] | None = None
 
 
 class JobOutput(BaseModel):
