@@ -219,7 +219,8 @@ def test_another_keys_response_id_is_a_404(gateway: Gateway) -> None:
     assert jobs_of(gateway, other_id) == [] and len(jobs_of(gateway, key_id)) == 1
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [
+#: (body, status, param named by the error)
+BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"model": "flux-kontext-pro", "input": [{"role": "user", "content": [
         {"type": "input_image", "image_url": "https://example.com/a.png"}]}]}, 400,
      "input[0]"),
@@ -242,15 +243,25 @@ def test_another_keys_response_id_is_a_404(gateway: Gateway) -> None:
      "input[0].content[1].image_url"),
     ({"model": "flux-kontext-pro", "input": "a fox", "previous_response_id": "resp_nope"},
      404, "previous_response_id"),
-])
-def test_bad_input_is_refused_before_any_job(gateway: Gateway, body: dict[str, Any],
-                                             status: int, param: str) -> None:
+    ({"input": "a fox", "model": "flux-kontext-pro", "tools": "image_generation"}, 400,
+     "tools"),
+]
+
+
+def test_bad_input_is_refused_before_any_job(gateway: Gateway) -> None:
     key_id, key = gateway.create_key("bad", balance=1_000_000)
-    resp = httpx.post(f"{gateway.base_url}/v1/responses", json=body, timeout=30,
-                      headers={"authorization": f"Bearer {key}"})
-    assert resp.status_code == status, resp.text
-    error = resp.json()["error"]
-    assert error["param"] == param and error["message"] and error["type"]
+    for body, status, param in BAD:
+        resp = httpx.post(f"{gateway.base_url}/v1/responses", json=body, timeout=30,
+                          headers={"authorization": f"Bearer {key}"})
+        assert resp.status_code == status, (body, resp.text)
+        error = resp.json()["error"]
+        assert error["param"] == param and error["message"] and error["type"], (body, error)
+        assert resp.headers["x-should-retry"] == "false"
+    no_key = httpx.post(f"{gateway.base_url}/v1/responses", content=b"{not json", timeout=30)
+    assert no_key.status_code == 401  # the key first, whatever the body
+    not_json = httpx.post(f"{gateway.base_url}/v1/responses", content=b"{not json",
+                          timeout=30, headers={"authorization": f"Bearer {key}"})
+    assert not_json.status_code == 400 and not_json.json()["error"]["param"] is None
     assert jobs_of(gateway, key_id) == [] and ledger_of(gateway, key_id)[0] == 1_000_000
 
 
