@@ -32,11 +32,13 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 class ImageSource:
     """One input image: `ref` an http(s)/data URL (or a gateway file URL), `file` a file id
     of this key, `item` the id of an earlier `image_generation_call` (`ig_...`), `result` the
-    base64 result a client handed back. `param` names it in errors."""
+    base64 result a client handed back (an `item` not made here, e.g. by OpenAI itself, is
+    read from its `result` when the client sent it). `param` names it in errors."""
 
     kind: SourceKind
     value: str
     param: str
+    result: str | None = None  # an `item`'s base64 result, when the client handed it back
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +98,12 @@ def _item_images(item: dict[str, Any], param: str) -> list[ImageSource]:
     """The images an earlier item holds (a generated image, a reference to one, a message's)."""
     kind = item.get("type")
     if kind in ("image_generation_call", "item_reference"):
-        item_id = item.get("id")
+        item_id, result = item.get("id"), item.get("result")
+        result = result if kind == "image_generation_call" and isinstance(result, str) \
+            and result else None
         if isinstance(item_id, str) and item_id.startswith("ig_"):
-            return [ImageSource("item", item_id, f"{param}.id")]
-        result = item.get("result")
-        if kind == "image_generation_call" and isinstance(result, str) and result:
-            return [ImageSource("result", result, f"{param}.result")]
-        return []
+            return [ImageSource("item", item_id, f"{param}.id", result)]
+        return [ImageSource("result", result, f"{param}.result")] if result else []
     if kind in (None, "message") and "role" in item:
         return read_message(item, param)[0]
     return []

@@ -117,6 +117,9 @@ async def _job_image(services: Services, principal: Principal, source: ImageSour
     """The result of this key's earlier image item `source.value` (`ig_...`)."""
     job_id = job_of_item(source.value)
     row = await key_job(services.sessions, job_id, principal.key_id) if job_id else None
+    if (row is None or row.surface != SURFACE) and source.result:  # made elsewhere
+        return await services.fetcher.load(
+            source.result, param=source.param.removesuffix(".id") + ".result")
     if row is None or row.surface != SURFACE:
         raise NotFound(f"Item with id '{source.value}' not found.", param=source.param,
                        code="item_not_found")

@@ -179,6 +179,12 @@ def test_handed_back_image_item_and_file_id_and_url_inputs(
                           {"role": "user", "content": "invert it again"}]
     by_reference = sdk.responses.create(model="flux-kontext-pro", input=history)
     assert centre(by_reference.output[0].result or "") == RED
+    # an item made elsewhere (OpenAI itself), handed back whole as the agents SDK does
+    foreign = sdk.responses.create(model="flux-kontext-pro", input=[
+        {"type": "image_generation_call", "id": "ig_made_by_openai", "status": "completed",
+         "result": base64.b64encode(png_bytes((64, 64), RED)).decode()},
+        {"role": "user", "content": "invert it"}])
+    assert centre(foreign.output[0].result or "") == INVERTED_RED
     uploaded = httpx.post(f"{gateway.base_url}/replicate/v1/files",
                           headers={"authorization": f"Bearer {key}"},
                           files={"content": ("in.png", png_bytes((64, 64), RED))}).json()
@@ -196,7 +202,7 @@ def test_handed_back_image_item_and_file_id_and_url_inputs(
             {"role": "user", "content": [{"type": "input_text", "text": "invert it"},
                                          {"type": "input_image", "file_id": uploaded["id"]}]}])
     assert refused.value.body["param"] == "input[0].content[1].file_id"  # type: ignore[index]
-    assert len(jobs_of(gateway, key_id)) == 4
+    assert len(jobs_of(gateway, key_id)) == 5
 
 
 def test_another_keys_response_id_is_a_404(gateway: Gateway) -> None:
