@@ -83,8 +83,9 @@ class ImageTool:
     prompt_upsampling: Any = None
     mask: dict[str, Any] | None = None
 
-    def echo(self) -> dict[str, Any]:
-        """The tool as the Response repeats it (values every SDK version accepts)."""
+    def echo(self, output_format: str) -> dict[str, Any]:
+        """The tool as the Response repeats it (values every SDK version accepts), with the
+        output format the request resolved to."""
         tool: dict[str, Any] = {"type": "image_generation"}
         if self.model:
             tool["model"] = self.model
@@ -92,7 +93,7 @@ class ImageTool:
         tool["size"] = self.size if self.size in (*OPENAI_SIZES, "auto") else "auto"
         tool["quality"] = self.quality if self.quality in _QUALITIES else "auto"
         tool["background"] = "opaque"
-        tool["output_format"] = intake.parse_output_format(self.output_format)
+        tool["output_format"] = output_format
         if self.output_compression is not None:
             tool["output_compression"] = self.output_compression
         tool["partial_images"] = self.partial_images

@@ -186,13 +186,14 @@ def _previous_image(rows: list[JobRow]) -> ImageSource | None:
     return ImageSource("file", inputs[0], "previous_response_id") if inputs else None
 
 
-def _echo(body: ResponseCreateRequest, tool: ImageTool, action: str) -> dict[str, Any]:
+def _echo(body: ResponseCreateRequest, tool: ImageTool, action: str,
+          output_format: str) -> dict[str, Any]:
     """What the Response repeats of the request (stored with the job, for GET)."""
     choice = body.tool_choice
     if not (choice in ("auto", "none", "required")
             or (isinstance(choice, dict) and isinstance(choice.get("type"), str))):
         choice = "auto"
-    return {"model": body.model, "tools": [tool.echo()] if tool.present else [],
+    return {"model": body.model, "tools": [tool.echo(output_format)] if tool.present else [],
             "tool_choice": choice,
             "instructions": body.instructions if isinstance(body.instructions, str) else None,
             "metadata": body.metadata or {}, "previous_response_id": body.previous_response_id,
@@ -219,12 +220,12 @@ async def _place(gate: Gate, body: ResponseCreateRequest, principal: Principal,
                              "input_image, or a previous_response_id with an image.",
                              param=f"{tool.param}.action", code="missing_image")
     action: Literal["generate", "edit"] = "edit" if sources else "generate"
+    output_format = intake.parse_output_format(tool.output_format or body.output_format)
     order = Order(
-        model=model, prompt=wanted.prompt, operation=action,
+        model=model, prompt=wanted.prompt, operation=action, output_format=output_format,
         seed=intake.parse_seed(tool.seed if tool.seed is not None else body.seed),
         aspect_ratio=intake.choose_aspect_ratio(
             aspect_ratio=tool.aspect_ratio or body.aspect_ratio, size=tool.size),
-        output_format=intake.parse_output_format(tool.output_format or body.output_format),
         quality=intake.parse_quality(
             output_compression=(tool.output_compression if tool.output_compression is not None
                                 else body.output_compression), quality=tool.quality),
@@ -234,7 +235,7 @@ async def _place(gate: Gate, body: ResponseCreateRequest, principal: Principal,
         prompt_upsampling=intake.parse_bool(
             tool.prompt_upsampling if tool.prompt_upsampling is not None
             else body.prompt_upsampling or False, param="prompt_upsampling"),
-        surface=SURFACE, echo=_echo(body, tool, action))
+        surface=SURFACE, echo=_echo(body, tool, action, output_format))
     await attach_sources(services, principal, sources, order)
     if tool.mask is not None:
         order.mask = await load_source(services, principal, _mask_source(tool))

@@ -355,3 +355,19 @@ def test_oldest_supported_sdk_in_strict_mode(gateway: Gateway, api_key: str,
     assert result["text"].startswith("![image")
     assert result["types"] == EVENTS and result["final"] == "completed"
     assert result["edited"] == "edit"
+
+
+def test_tool_mask_limits_the_edit(gateway: Gateway, api_key: str) -> None:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # white (edited) on the left, black (kept) on the right
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    response = client(gateway, api_key).responses.create(
+        model="flux-kontext-pro", input=edit_input("invert it", png_bytes((64, 64), RED)),
+        tools=[{"type": "image_generation",
+                "input_image_mask": {"image_url": data_url(out.getvalue())}}])
+    result = response.output[0]
+    assert result.type == "image_generation_call" and result.result is not None
+    image = Image.open(io.BytesIO(base64.b64decode(result.result))).convert("RGB")
+    assert image.size == (64, 64)  # a masked edit keeps the input's size
+    assert image.getpixel((8, 32)) == INVERTED_RED and image.getpixel((56, 32)) == RED
