@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from openai.types.responses import ResponseCompletedEvent
 from PIL import Image
 
 from tests.api.test_sdk_versions import OLDEST, oldest_sdk  # noqa: F401 (a fixture)
-from tests.conftest import Gateway, ImageServer, jobs_of, ledger_of, png_bytes
+from tests.conftest import Gateway, ImageServer, jobs_of, ledger_of, png_bytes, start_gateway
 
 RED, INVERTED_RED = (200, 30, 30), (55, 225, 225)
 PRICE = 40_000  # flux-kontext-pro, per image (billing defaults)
@@ -33,6 +34,14 @@ EVENTS = ["response.created", "response.in_progress", "response.output_item.adde
           "response.output_item.added", "response.content_part.added",
           "response.output_text.delta", "response.output_text.done",
           "response.content_part.done", "response.output_item.done", "response.completed"]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One gateway for this module (each test makes its own keys): starts cost seconds."""
+    started = start_gateway(tmp_path_factory.mktemp("responses") / "data")
+    yield started
+    started.stop()
 
 
 def client(gw: Gateway, key: str) -> openai.OpenAI:
@@ -84,10 +93,11 @@ def test_create_with_the_image_tool_returns_the_image_and_charges_once(
     assert again.output[0].result == call.result and again.model == "gpt-5"
 
 
-def test_flux_model_without_a_tool_is_an_image_request(gateway: Gateway, api_key: str) -> None:
-    response = client(gateway, api_key).responses.create(
+def test_flux_model_without_a_tool_is_an_image_request(gateway: Gateway) -> None:
+    key_id, key = gateway.create_key("no-tool")
+    response = client(gateway, key).responses.create(
         model="flux-kontext-max", input=[{"role": "user", "content": "a lighthouse"}])
-    [job] = jobs_of(gateway)
+    [job] = jobs_of(gateway, key_id)
     assert job.model == "flux-kontext-max" and job.operation == "generate"
     assert response.output[0].type == "image_generation_call"
     assert response.output[0].status == "completed"
@@ -143,8 +153,9 @@ def test_sdk_create_stream_true(gateway: Gateway, api_key: str) -> None:
     assert [e.type for e in events] == EVENTS
 
 
-def test_multi_turn_edit_by_previous_response_id(gateway: Gateway, api_key: str) -> None:
-    sdk = client(gateway, api_key)
+def test_multi_turn_edit_by_previous_response_id(gateway: Gateway) -> None:
+    key_id, key = gateway.create_key("turns")
+    sdk = client(gateway, key)
     first = sdk.responses.create(model="flux-kontext-pro",
                                  input=edit_input("invert it", png_bytes((64, 64), RED)),
                                  tools=[{"type": "image_generation"}])
@@ -163,7 +174,7 @@ def test_multi_turn_edit_by_previous_response_id(gateway: Gateway, api_key: str)
     third = sdk.responses.create(model="flux-kontext-pro", input="a new picture",
                                  previous_response_id=second.id,
                                  tools=[{"type": "image_generation", "action": "generate"}])
-    assert [j.operation for j in jobs_of(gateway)] == ["edit", "edit", "generate"]
+    assert [j.operation for j in jobs_of(gateway, key_id)] == ["edit", "edit", "generate"]
     assert third.status == "completed"
 
 
@@ -312,8 +323,9 @@ def test_idempotency_key_replays_without_a_second_charge(gateway: Gateway) -> No
     assert ledger_of(gateway, key_id)[0] == 1_000_000 - PRICE
 
 
-def test_background_answers_at_once_and_get_polls(gateway: Gateway, api_key: str) -> None:
-    sdk = client(gateway, api_key)
+def test_background_answers_at_once_and_get_polls(gateway: Gateway) -> None:
+    key_id, key = gateway.create_key("background")
+    sdk = client(gateway, key)
     queued = sdk.responses.create(model="flux-kontext-pro", input="a fox sandbox:latency=1",
                                   background=True)
     assert queued.status in ("queued", "in_progress") and queued.background is True
@@ -321,7 +333,8 @@ def test_background_answers_at_once_and_get_polls(gateway: Gateway, api_key: str
     for _ in range(600):  # generous: a busy machine
         if done.status == "completed":
             break
-        gateway.call(gateway.services.jobs.wait([jobs_of(gateway)[0].id], within=0.1))
+        gateway.call(gateway.services.jobs.wait([jobs_of(gateway, key_id)[0].id],
+                                                      within=0.1))
         done = sdk.responses.retrieve(queued.id)
     assert done.status == "completed" and done.output[0].type == "image_generation_call"
 
