@@ -30,6 +30,7 @@ from gateway.api import (
     home,
     images,
     replicate,
+    responses,
     tasks,
     text_guard,
     usage,
@@ -260,7 +261,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     text_guard.install(app)  # the OpenAPI document says free text holds no NUL
     for module in (home, health, images, edits, tasks, chat, bfl, replicate, files, usage,
-                   admin, credentials):
+                   admin, credentials, responses):
         app.include_router(module.router)
     console.install(app)  # the web console at /console (gateway/console/)
     return app

@@ -17,3 +17,11 @@ async def batch_jobs(sessions: async_sessionmaker[AsyncSession], batch_id: str,
             select(JobRow).where(JobRow.batch_id == batch_id, JobRow.key_id == key_id)
             .order_by(JobRow.created_at, JobRow.seed))
         return list(rows.scalars())
+
+
+async def key_job(sessions: async_sessionmaker[AsyncSession], job_id: str,
+                  key_id: str) -> JobRow | None:
+    """The job `job_id` if it belongs to `key_id` (None for an unknown id or another key's)."""
+    async with sessions() as session:
+        row = await session.get(JobRow, job_id)
+    return row if row is not None and row.key_id == key_id else None

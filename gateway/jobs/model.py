@@ -72,6 +72,9 @@ class JobSpec(BaseModel):
     notes: list[str] = Field(default_factory=list)  # decisions worth recording on the job
     # the key's own provenance mode (None: its price group's, else the default)
     provenance: Literal["off", "metadata", "signed"] | None = None
+    #: what the creating API repeats when the job's answer is read again (the Responses API:
+    #: the request's model name, tools, instructions, metadata); never sent upstream
+    echo: dict[str, Any] | None = None
 
 
 class JobOutput(BaseModel):

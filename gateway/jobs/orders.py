@@ -56,6 +56,7 @@ class Order:
     webhook_secret: str | None = None  # sealed by WebhookService.accept
     input_ratio: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
+    echo: dict[str, Any] | None = None  # JobSpec.echo (the Responses API)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +210,8 @@ class OrderDesk:
                     quality=order.quality,
                     safety_tolerance=order.safety_tolerance,
                     prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),
-                    webhook_url=order.webhook_url, webhook_secret=order.webhook_secret)
+                    webhook_url=order.webhook_url, webhook_secret=order.webhook_secret,
+                    echo=order.echo)
             for i in range(order.n)
         ]
         return specs, files

@@ -37,7 +37,7 @@ def test_every_schemathesis_check_passes_on_postgres(tmp_path: Path, pg_database
         env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.api.contract_hooks",
                "PYTHONPATH": str(ROOT)}
         run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=300, check=False)
+                             timeout=600, check=False)  # 22 operations, a busy machine
     finally:
         gateway.stop()
     report = run.stdout + run.stderr
