@@ -275,12 +275,14 @@ class KeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    meta: dict[str, Any] | None = None  # free-form; `grounding: true` allows FLUX 3 grounding
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> KeyInfo:
         values = {f.name: getattr(row, f.name) for f in fields(cls)}
         for listed in ("models", "ip_allow"):
             values[listed] = list(values[listed]) if values[listed] is not None else None
+        values["meta"] = dict(values["meta"]) if isinstance(values["meta"], dict) else None
         return cls(**values)
 
 

@@ -70,6 +70,13 @@ class JobSpec(BaseModel):
     webhook_url: str | None = None  # checked against the SSRF policy when accepted
     webhook_secret: str | None = None  # the request's own secret, SEALED (webhooks.SecretBox)
     notes: list[str] = Field(default_factory=list)  # decisions worth recording on the job
+    # the model family (gateway/families.py) and its size control: FLUX.2's width/height,
+    # FLUX 3's resolution class (width/height then are the size expected back)
+    family: str = "kontext"
+    width: int | None = None
+    height: int | None = None
+    resolution: str | None = None
+    input_pixels: int = 0  # the inputs' pixels, counted by per-megapixel prices
 
 
 class JobOutput(BaseModel):
