@@ -86,10 +86,9 @@ FAMILY_FIELDS: dict[str, dict[str, str]] = {
 }
 _SAFETY = {"kontext": 6, "flux2": 5, "flux3": 4}
 _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
-#: working states: the documented Pending, and words seen from newer models' clients (FLUX 3:
-#: Queued, Reasoning, Generating, Uploading); any other unknown word also keeps polling
-_PENDING = frozenset({"Pending", "Processing", "Queued", "Reasoning", "Generating",
-                      "Uploading"})
+#: FLUX 3's Reasoning/Generating/Uploading (seen in third-party clients, not BFL's docs) are
+#: not listed: like any unknown word they keep the job polling, and are logged once
+_PENDING = frozenset({"Pending", "Processing", "Queued"})
 #: the only words that end a job besides Ready and the moderation ones. Newer BFL models report
 #: working states beyond the documented enum (`Reasoning`, `Generating`, `Uploading`, ...):
 #: failing on those would release a job that BFL then finishes and bills.

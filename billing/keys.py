@@ -89,7 +89,8 @@ async def create_key(session: AsyncSession, *, name: str, mode: str = "live",
                      models: list[str] | None = None, rpm: int | None = None,
                      max_concurrency: int | None = None, price_group: str | None = None,
                      expires_at: datetime | None = None,
-                     ip_allow: list[str] | None = None) -> CreatedKey:
+                     ip_allow: list[str] | None = None,
+                     meta: dict[str, Any] | None = None) -> CreatedKey:
     """Create a key. `balance=None` makes an unlimited (post-paid) key; an int (micro-units)
     makes a prepaid key topped up by that amount through the ledger."""
     if mode not in PREFIXES:
@@ -102,7 +103,7 @@ async def create_key(session: AsyncSession, *, name: str, mode: str = "live",
         display=display_of(plaintext), mode=mode, balance=0, unlimited=balance is None,
         disabled=False, models=models, rpm=rpm, max_concurrency=max_concurrency,
         price_group=price_group, created_at=datetime.now(UTC), expires_at=expires_at,
-        ip_allow=ip_allow,
+        ip_allow=ip_allow, meta=meta,
     )
     session.add(row)
     await session.flush()
