@@ -304,7 +304,8 @@ def _price(model_id: str, spec: Any) -> PriceFormula:
 
 # -- size arithmetic (pure) ----------------------------------------------------------------------
 def round16(value: float) -> int:
-    return max(FLUX2_STEP, round(value / FLUX2_STEP) * FLUX2_STEP)
+    """The nearest multiple of 16 (halves up), at least 16."""
+    return max(FLUX2_STEP, math.floor(value / FLUX2_STEP + 0.5) * FLUX2_STEP)
 
 
 def flux2_size(width: float, height: float) -> tuple[int, int]:

@@ -42,6 +42,7 @@ CHANNELS: dict[str, list[dict[str, Any]]] = {
     "sandbox": [],
 }
 UPSTREAMS = tuple(CHANNELS)
+WORKING = ("Queued", "Reasoning", "Generating", "Uploading")
 #: the OpenAI images requests of the test: (model, max references)
 FAMILIES = {"flux-2-pro": 8, "flux-3-image": 10}
 
@@ -73,6 +74,8 @@ class Upstreams:
         self.result_size: tuple[int, int] | None = None
         self._ids = itertools.count()
         self._sizes: dict[str, tuple[int, int]] = {}
+        self._paths: dict[str, str] = {}
+        self._polls: dict[str, int] = {}
         mock.route(host="127.0.0.1").pass_through()
         mock.post(url__startswith=f"{BFL}/v1/").mock(side_effect=self._bfl_create)
         mock.get(f"{BFL}/v1/get_result").mock(side_effect=self._bfl_poll)
@@ -102,6 +105,7 @@ class Upstreams:
         task = f"t{next(self._ids)}"
         self.bodies.append((path, body))
         self._sizes[task] = self._size(body)
+        self._paths[task] = path
         return task
 
     def _download(self, request: httpx.Request) -> httpx.Response:
@@ -117,6 +121,11 @@ class Upstreams:
 
     def _bfl_poll(self, request: httpx.Request) -> httpx.Response:
         task = request.url.params["id"]
+        polls = self._polls[task] = self._polls.get(task, 0) + 1
+        if self._paths[task] == "/v1/flux-3-image" and polls <= len(WORKING):
+            # FLUX 3's working words (third-party clients; not in BFL's docs) keep it polling
+            return httpx.Response(200, json={"id": task, "status": WORKING[polls - 1],
+                                             "result": None, "progress": 0.2 * polls})
         return httpx.Response(200, json={"id": task, "status": "Ready", "result": {
             "sample": f"https://delivery.bfl.test/{task}.png"}})
 
@@ -464,3 +473,61 @@ def test_models_list_every_family_with_capabilities(gateways: dict[str, Gateway]
     assert cards["flux-3-image"].capabilities["seed"] is False  # type: ignore[attr-defined]
     assert cards["flux-2-flex"].capabilities["fields"]["steps"] == {  # type: ignore[attr-defined]
         "type": "int", "minimum": 1, "maximum": 50}
+
+
+# -- OpenAI size -> each family's size control, chat, and the operator's catalogue -------------
+@pytest.mark.parametrize(("model", "fields", "size"), [
+    ("flux-2-pro", {"size": "1024x1024"}, (1024, 1024)),
+    ("flux-2-pro", {"size": "1000x700"}, (1008, 704)),  # rounded to multiples of 16
+    ("flux-2-pro", {"size": "16:9"}, (1360, 768)),  # about 1 MP at the ratio
+    ("flux-2-pro", {"size": "auto"}, (1024, 1024)),
+    ("flux-3-image", {"size": "1024x1536"}, flux3_size("2:3", "1k")),
+    ("flux-3-image", {"size": "auto", "quality": "hd"}, (2048, 2048)),
+    ("flux-3-image", {"size": "16:9", "resolution": "768sq"}, (768, 768)),
+    ("flux-kontext-pro", {"size": "1536x1024"}, (1248, 832)),  # Kontext: unchanged
+])
+def test_openai_size_maps_to_each_family(gateways: dict[str, Gateway], model: str,
+                                         fields: dict[str, Any], size: tuple[int, int]) -> None:
+    gw = gateways["sandbox"]
+    _, key = gw.create_key("sizes", balance=10_000_000)
+    resp = httpx.post(f"{gw.base_url}/v1/images/generations", timeout=60,
+                      headers={"authorization": f"Bearer {key}"},
+                      json={"model": model, "prompt": "a fox", "response_format": "url",
+                            **fields})
+    assert resp.status_code == 200, resp.text
+    item = resp.json()["data"][0]
+    assert (item["width"], item["height"]) == size
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_chat_serves_the_new_families_with_references(gateways: dict[str, Gateway],
+                                                      model: str) -> None:
+    """Chat images become references (a FLUX 3 chat with 3 images sends all 3)."""
+    gw = gateways["sandbox"]
+    key_id, key = gw.create_key(f"chat-{model}", balance=10_000_000)
+    content: list[dict[str, Any]] = [{"type": "text", "text": "put them together"}]
+    content += [{"type": "image_url", "image_url": {"url": data_url(REFS[i])}}
+                for i in range(3)]
+    reply = sdk(gw, key).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}])  # type: ignore[misc]
+    assert "](http" in (reply.choices[0].message.content or "")
+    job = only_job(gw, key_id)
+    assert job.status == "succeeded" and len(job.spec["input_file_ids"]) == 3
+    assert job.spec["family"] == ("flux2" if model == "flux-2-pro" else "flux3")
+
+
+def test_operator_adds_a_model_in_config(gateway_factory: Any) -> None:
+    """A model BFL ships next month is a catalogue entry: served, listed, and priced."""
+    gw = gateway_factory(
+        catalogue={"flux-2-next": {"family": "flux2", "description": "FLUX.2 [next]",
+                                   "price": {"first_mp": 0.02, "further_mp": 0.01}}},
+        sandbox={"models": ["flux-kontext-pro", "flux-2-next"]})
+    key_id, key = gw.create_key("next", balance=1_000_000)
+    client = sdk(gw, key)
+    assert "flux-2-next" in [m.id for m in client.models.list().data]
+    answer = client.images.generate(model="flux-2-next", prompt="a fox", size="1536x1024",
+                                    response_format="url", extra_body={"width": 2048,
+                                                                      "height": 2048})
+    assert (answer.data[0].width, answer.data[0].height) == (2048, 2048)  # type: ignore[attr-defined]
+    _, _, rows = ledger_of(gw, key_id)
+    assert rows[1:] == [("reserve", -50_000), ("settle", 0)]  # 2 c + 3 x 1 c
