@@ -33,7 +33,7 @@ Errors on these routes are FastAPI/BFL-style `{"detail": ...}` (see `gateway/api
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -133,29 +133,41 @@ for _path, _model in MODEL_PATHS.items():
                          summary=f"BFL-style {_path}", responses=DETAIL_CREATE_ERRORS)
 
 
+def _ranged(lo: float, hi: float, kind: type = int) -> Any:
+    """A JSON number within lo..hi, as the schema says (pydantic refuses the others: 422)."""
+    base = JsonInt if kind is int else StrictFloat | JsonInt
+    return Annotated[base | None, Field(ge=lo, le=hi), WithJsonSchema(
+        {"type": "integer" if kind is int else "number", "minimum": lo, "maximum": hi})]
+
+
+_Ref = Annotated[str | None, Field(json_schema_extra=IMAGE_REFERENCE_SCHEMA)]
+
+
 class BflFlux2Request(BaseModel):
-    """BFL's FLUX.2 input; other fields are accepted, dropped and noted on the job."""
+    """BFL's FLUX.2 input; other fields are accepted, dropped and noted on the job. A side
+    is 64..2048 here (so that any pair is within BFL's 4 MP); it is rounded to 16."""
 
     model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(json_schema_extra=PROMPT_SCHEMA)
-    input_image: str | None = Field(default=None, json_schema_extra=IMAGE_REFERENCE_SCHEMA)
-    input_image_2: str | None = None
-    input_image_3: str | None = None
-    input_image_4: str | None = None
-    input_image_5: str | None = None
-    input_image_6: str | None = None
-    input_image_7: str | None = None
-    input_image_8: str | None = None
-    seed: JsonInt | None = None
-    width: JsonInt | None = None
-    height: JsonInt | None = None
-    safety_tolerance: JsonInt | None = None
+    input_image: _Ref = None
+    input_image_2: _Ref = None
+    input_image_3: _Ref = None
+    input_image_4: _Ref = None
+    input_image_5: _Ref = None
+    input_image_6: _Ref = None
+    input_image_7: _Ref = None
+    input_image_8: _Ref = None
+    seed: Annotated[JsonInt | None,
+                    Field(json_schema_extra={"minimum": -1, "maximum": MAX_SEED})] = None
+    width: _ranged(64, 2048) = None  # type: ignore[valid-type]
+    height: _ranged(64, 2048) = None  # type: ignore[valid-type]
+    safety_tolerance: _ranged(0, 5) = None  # type: ignore[valid-type]
     output_format: OutputFormatField = None
     disable_pup: StrictBool | None = None
     prompt_upsampling: StrictBool | None = None
-    steps: JsonInt | None = None
-    guidance: StrictFloat | JsonInt | None = None
+    steps: _ranged(1, 50) = None  # type: ignore[valid-type]
+    guidance: _ranged(1.5, 10, float) = None  # type: ignore[valid-type]
     webhook_url: str | None = Field(default=None, max_length=2048,
                                     json_schema_extra=WEBHOOK_URL_SCHEMA)
     webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)
@@ -163,17 +175,19 @@ class BflFlux2Request(BaseModel):
 
 class BflFlux3Request(BaseModel):
     """BFL's FLUX 3 Image input; other fields (`seed` included) are accepted, dropped and
-    noted on the job."""
+    noted on the job. Each image must be at least 256x256 (a 400 otherwise)."""
 
     model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(json_schema_extra=PROMPT_SCHEMA)
-    images: list[str] | None = Field(default=None, max_length=10)
-    aspect_ratio: str | None = None
-    resolution: str | None = None
+    images: list[Annotated[str, Field(json_schema_extra=IMAGE_REFERENCE_SCHEMA)]] | None = \
+        Field(default=None, max_length=10)
+    aspect_ratio: Literal["auto", "21:9", "2:1", "16:9", "3:2", "7:5", "4:3", "5:4", "1:1",
+                          "4:5", "3:4", "5:7", "2:3", "9:16", "1:2", "9:21"] | None = None
+    resolution: Literal["768sq", "1k", "1.5k", "2k", "4k"] | None = None
     grounding: StrictBool | None = None
-    safety_tolerance: JsonInt | None = None
-    version: str | None = None
+    safety_tolerance: _ranged(0, 4) = None  # type: ignore[valid-type]
+    version: str | None = Field(default=None, max_length=64)
     webhook_url: str | None = Field(default=None, max_length=2048,
                                     json_schema_extra=WEBHOOK_URL_SCHEMA)
     webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)

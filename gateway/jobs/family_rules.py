@@ -64,7 +64,8 @@ def apply(order: Order, model: ModelSpec, *, size: Any = None, width: Any = None
     for name, value in {**order.extra, **given}.items():
         rule = rules.get(name)
         if rule is None:
-            order.notes.append(f"{name}: not a field of {model.id} ({family.label}); dropped")
+            shown = "".join(c for c in str(name)[:40] if c.isprintable())
+            order.notes.append(f"{shown}: not a field of {model.id} ({family.label}); dropped")
             continue
         taken[name] = _checked(rule, value)
     order.extra = taken
@@ -118,10 +119,8 @@ def _dims(size: Any) -> tuple[int, int] | None:
 
 def _flux2_size(order: Order, size: Any, width: Any, height: Any) -> None:
     if width is not None or height is not None:
-        if width is None or height is None:
-            param = "height" if height is None else "width"
-            raise InvalidRequest(f"{param}: width and height are asked together.", param=param)
-        w, h = intake.parse_int(width, param="width"), intake.parse_int(height, param="height")
+        w = 1024 if width is None else intake.parse_int(width, param="width")
+        h = 1024 if height is None else intake.parse_int(height, param="height")
         for param, value in (("width", w), ("height", h)):
             if value < FLUX2_MIN_SIDE:
                 raise InvalidRequest(f"Invalid {param} {value}: at least {FLUX2_MIN_SIDE}.",
