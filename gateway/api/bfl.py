@@ -136,16 +136,16 @@ for _path, _model in MODEL_PATHS.items():
 def _ranged(lo: float, hi: float, kind: type = int) -> Any:
     """A JSON number within lo..hi, as the schema says (pydantic refuses the others: 422)."""
     base = JsonInt if kind is int else StrictFloat | JsonInt
-    return Annotated[base | None, Field(ge=lo, le=hi), WithJsonSchema(
-        {"type": "integer" if kind is int else "number", "minimum": lo, "maximum": hi})]
+    return Annotated[base, Field(ge=lo, le=hi), WithJsonSchema(
+        {"type": "integer" if kind is int else "number", "minimum": lo, "maximum": hi})] | None
 
 
 _Ref = Annotated[str | None, Field(json_schema_extra=IMAGE_REFERENCE_SCHEMA)]
 
 
-class BflFlux2Request(BaseModel):
-    """BFL's FLUX.2 input; other fields are accepted, dropped and noted on the job. A side
-    is 64..2048 here (so that any pair is within BFL's 4 MP); it is rounded to 16."""
+class BflKleinRequest(BaseModel):
+    """BFL's FLUX.2 input (klein: 4 references); other fields are accepted, dropped and noted
+    on the job. A side is 64..2048 here (so any pair is within BFL's 4 MP), rounded to 16."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -154,10 +154,6 @@ class BflFlux2Request(BaseModel):
     input_image_2: _Ref = None
     input_image_3: _Ref = None
     input_image_4: _Ref = None
-    input_image_5: _Ref = None
-    input_image_6: _Ref = None
-    input_image_7: _Ref = None
-    input_image_8: _Ref = None
     seed: Annotated[JsonInt | None,
                     Field(json_schema_extra={"minimum": -1, "maximum": MAX_SEED})] = None
     width: _ranged(64, 2048) = None  # type: ignore[valid-type]
@@ -171,6 +167,15 @@ class BflFlux2Request(BaseModel):
     webhook_url: str | None = Field(default=None, max_length=2048,
                                     json_schema_extra=WEBHOOK_URL_SCHEMA)
     webhook_secret: str | None = Field(default=None, json_schema_extra=WEBHOOK_SECRET_SCHEMA)
+
+
+class BflFlux2Request(BflKleinRequest):
+    """BFL's FLUX.2 [pro]/[max]/[flex] input: 8 references."""
+
+    input_image_5: _Ref = None
+    input_image_6: _Ref = None
+    input_image_7: _Ref = None
+    input_image_8: _Ref = None
 
 
 class BflFlux3Request(BaseModel):
@@ -208,6 +213,13 @@ def _make_family_create(model: str, family: str) -> Callable[..., Awaitable[Resp
             return await idempotent(request, principal, services, lambda gate: _create_family(
                 gate, model, body, principal, services, desk))
         create = create3
+    elif "klein" in model:
+        async def create_klein(request: Request, body: BflKleinRequest,
+                               principal: LimitedPrincipalDep, services: ServicesDep,
+                               desk: DeskDep) -> Response:
+            return await idempotent(request, principal, services, lambda gate: _create_family(
+                gate, model, body, principal, services, desk))
+        create = create_klein
     else:
         async def create2(request: Request, body: BflFlux2Request,
                           principal: LimitedPrincipalDep, services: ServicesDep,
@@ -226,7 +238,7 @@ for _path, _family in FAMILY_PATHS.items():
                          summary=f"BFL-style {_path}", responses=DETAIL_CREATE_ERRORS)
 
 
-async def _create_family(gate: Gate, model: str, body: BflFlux2Request | BflFlux3Request,
+async def _create_family(gate: Gate, model: str, body: BflKleinRequest | BflFlux3Request,
                          principal: Principal, services: Services,
                          desk: OrderDesk) -> JSONResponse:
     principal.check_model(model)
@@ -234,6 +246,7 @@ async def _create_family(gate: Gate, model: str, body: BflFlux2Request | BflFlux
                                                                  body.webhook_secret)
     fields = body.model_dump(exclude_none=True)
     unknown = dict(body.model_extra or {})
+    order_notes: list[str] = []
     if isinstance(body, BflFlux3Request):
         refs = [(f"images[{i}]", ref) for i, ref in enumerate(body.images or [])]
         seed = unknown.pop("seed", None)
@@ -241,13 +254,18 @@ async def _create_family(gate: Gate, model: str, body: BflFlux2Request | BflFlux
             intake.choose_aspect_ratio(aspect_ratio=body.aspect_ratio, size=None)
         upsampling = False
     else:
-        refs = intake.collect_image_refs(fields, _FLUX2_IMAGES)
+        slots = services.jobs.catalogue.spec(model).max_refs
+        refs = intake.collect_image_refs(fields, _FLUX2_IMAGES[:slots])
+        for key in _FLUX2_IMAGES[slots:]:  # klein: a fifth reference is not one of its fields
+            unknown.pop(key, None)
+            if fields.get(key):
+                order_notes.append(f"{key}: {model} takes {slots} references; dropped")
         seed = body.seed
         ratio = None
         upsampling = bool(body.prompt_upsampling)
     order = Order(
         model=model, prompt=body.prompt,
-        seed=intake.parse_seed(body.seed if isinstance(body, BflFlux2Request) else None),
+        seed=intake.parse_seed(body.seed if isinstance(body, BflKleinRequest) else None),
         operation="edit" if refs else "generate", surface="bfl", aspect_ratio=ratio,
         output_format=intake.parse_output_format(
             fields.get("output_format"), default=services.jobs.catalogue.spec(model)
@@ -255,7 +273,7 @@ async def _create_family(gate: Gate, model: str, body: BflFlux2Request | BflFlux
         safety_tolerance=intake.parse_int(body.safety_tolerance, param="safety_tolerance")
         if body.safety_tolerance is not None else None,
         prompt_upsampling=upsampling, image_refs=refs, webhook_url=webhook_url,
-        webhook_secret=webhook_secret)
+        webhook_secret=webhook_secret, notes=order_notes)
     knobs = {k: v for k, v in fields.items() if k in family_fields.KNOBS}
     knobs.update(unknown)  # what the model does not take is dropped and noted
     family_rules.apply(order, services.jobs.catalogue.spec(model), width=fields.get("width"),
