@@ -100,7 +100,14 @@ class UpstreamRequest:
     Kontext bucket the gateway expects back (a hint; upstreams may ignore it).
     `quality` is the asked JPEG/WebP quality (0..100), forwarded where the upstream takes one.
     `extra` carries model-specific knobs that some upstreams accept: guidance, steps,
-    go_fast.
+    go_fast, disable_pup, grounding (only those the model's family takes: the gateway drops
+    the others).
+
+    `family` names the model's family (gateway/families.py: `kontext`, `flux2`, `flux3`); each
+    adapter spells the fields per family. For `flux2`, `width`/`height` ARE the size asked
+    (multiples of 16, at most 4 MP); for `flux3` the size is `aspect_ratio` (None = auto) and
+    `resolution` (768sq, 1k, 1.5k, 2k, 4k), `width`/`height` only what is expected back, and
+    `seed` is None (it has none).
     """
 
     model: str
@@ -117,6 +124,8 @@ class UpstreamRequest:
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     extra: dict[str, float | int | bool | str] = field(default_factory=dict)
+    family: str = "kontext"
+    resolution: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +174,13 @@ class Capabilities:
     safety_range: tuple[int, int] = (0, 6)
     supports_cancel: bool = False
     label: str = ""  # shown to users next to results from this upstream, e.g. "sandbox"
+    #: input images per model family where it differs from `max_input_images` (the Kontext
+    #: figure): e.g. {"flux2": 8, "flux3": 10}; the model's own limit applies on top
+    family_inputs: dict[str, int] = field(default_factory=dict)
+
+    def inputs_for(self, family: str) -> int:
+        """How many input images this upstream takes natively for a model of `family`."""
+        return self.family_inputs.get(family, self.max_input_images)
 
 
 @runtime_checkable

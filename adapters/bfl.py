@@ -1,4 +1,4 @@
-"""Black Forest Labs' own API (FLUX.1 Kontext [pro] and [max]).
+"""Black Forest Labs' own API (FLUX.1 Kontext [pro] and [max], FLUX.2, FLUX 3 Image).
 
 Docs: https://docs.bfl.ai/integration_guidelines (hosts, polling),
 https://docs.bfl.ml/api-reference/models/edit-or-create-an-image-with-flux-kontext-pro (create),
@@ -19,6 +19,20 @@ Wire contract used here:
   the key; any other host fails the job with `polling_url_not_allowed`, uncontacted);
   `{id, status, result, progress}`; when Ready `result.sample` is a signed URL on a
   `delivery-*.bfl.ai` host that expires after 10 minutes.
+
+FLUX.2 and FLUX 3 Image (shared/reference/upstreams-2026-12.md §1.1, from docs.bfl.ml/guides/
+prompting_editing_overview, docs.bfl.ai/flux_3/flux3_image_generate and BFL's skills repo
+`skills/bfl-api/references/endpoints.md`), by `UpstreamRequest.family`:
+- `flux2`: `POST /v1/flux-2-pro|-pro-preview|-max|-flex|-klein-4b|-klein-9b` with `prompt`,
+  `input_image`, `input_image_2..8`, `width`/`height` (multiples of 16, at most 4 MP), `seed`,
+  `safety_tolerance` 0..5, `output_format` jpeg|png, `disable_pup`; flex also `steps`,
+  `guidance`, `prompt_upsampling`. The create answer's `cost` (credits), `input_mp`,
+  `output_mp` are kept.
+- `flux3`: `POST /v1/flux-3-image` with `prompt`, `images` (list of base64; 1..10),
+  `aspect_ratio` (`auto` or its enum), `resolution`, `grounding` (always sent: BFL's default
+  is true, ours false), `safety_tolerance` 0..4, `version` when asked. Nothing else is sent:
+  BFL answers 422 to an unknown field, and FLUX 3 has no seed, width/height, input_image or
+  output_format (the gateway converts the result to the asked format). Result URLs live 1 h.
 
 Quirks and what is not confirmed:
 - `cost` is "price in cents" per ComfyUI's BFL model (comfy_api_nodes/apis/bfl.py), not BFL's
@@ -59,9 +73,21 @@ DEFAULT_BASE_URL = "https://api.bfl.ai"
 #: with the key only on the channel's own origin or on https `*.bfl.ai`
 #: (docs.bfl.ai/integration_guidelines; shared/reference/upstreams-2026-12.md)
 POLLING_SUFFIXES = (".bfl.ai",)
-BFL_MODELS = ("flux-kontext-pro", "flux-kontext-max")
+BFL_MODELS = ("flux-kontext-pro", "flux-kontext-max", "flux-2-pro", "flux-2-pro-preview",
+              "flux-2-max", "flux-2-flex", "flux-2-klein-4b", "flux-2-klein-9b", "flux-3-image")
 _EXTRA_IMAGE_FIELDS = ("input_image_2", "input_image_3", "input_image_4")
+_FLUX2_IMAGE_FIELDS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))
+#: input images per family (Kontext: 4, experimental multiref)
+FAMILY_INPUTS = {"flux2": 8, "flux3": 10}
+#: how each family's knobs are spelled here (`req.extra` name -> BFL field)
+FAMILY_FIELDS: dict[str, dict[str, str]] = {
+    "flux2": {"disable_pup": "disable_pup", "steps": "steps", "guidance": "guidance"},
+    "flux3": {"grounding": "grounding", "version": "version"},
+}
+_SAFETY = {"kontext": 6, "flux2": 5, "flux3": 4}
 _MODERATED = frozenset({"Request Moderated", "Content Moderated"})
+#: FLUX 3's Reasoning/Generating/Uploading (seen in third-party clients, not BFL's docs) are
+#: not listed: like any unknown word they keep the job polling, and are logged once
 _PENDING = frozenset({"Pending", "Processing", "Queued"})
 #: the only words that end a job besides Ready and the moderation ones. Newer BFL models report
 #: working states beyond the documented enum (`Reasoning`, `Generating`, `Uploading`, ...):
@@ -87,8 +113,51 @@ def _clamp_ratio(ratio: str | None) -> str | None:
     return ratio
 
 
+def _flux2_body(req: UpstreamRequest) -> dict[str, Any]:
+    if len(req.images) > len(_FLUX2_IMAGE_FIELDS):
+        raise UpstreamRejected("BFL FLUX.2 takes at most 8 input images",
+                               code="unsupported_request", retryable=True)
+    body: dict[str, Any] = {"prompt": req.prompt}
+    for key, image in zip(_FLUX2_IMAGE_FIELDS, req.images, strict=False):
+        body[key] = base64.b64encode(image.data).decode("ascii")
+    if req.width and req.height:
+        body["width"], body["height"] = req.width, req.height
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.safety_tolerance is not None:
+        body["safety_tolerance"] = min(max(req.safety_tolerance, 0), _SAFETY["flux2"])
+    body["output_format"] = "png" if req.output_format == "png" else "jpeg"
+    if "steps" in req.extra:  # flex: it also takes prompt_upsampling
+        body["prompt_upsampling"] = req.prompt_upsampling
+    for key, name in FAMILY_FIELDS["flux2"].items():
+        if key in req.extra:
+            body[name] = req.extra[key]
+    return body
+
+
+def _flux3_body(req: UpstreamRequest) -> dict[str, Any]:
+    if len(req.images) > FAMILY_INPUTS["flux3"]:
+        raise UpstreamRejected("BFL FLUX 3 Image takes at most 10 input images",
+                               code="unsupported_request", retryable=True)
+    body: dict[str, Any] = {"prompt": req.prompt}
+    if req.images:
+        body["images"] = [base64.b64encode(i.data).decode("ascii") for i in req.images]
+    body["aspect_ratio"] = req.aspect_ratio or "auto"
+    body["resolution"] = req.resolution or "1k"
+    body["grounding"] = bool(req.extra.get("grounding", False))
+    if req.safety_tolerance is not None:
+        body["safety_tolerance"] = min(max(req.safety_tolerance, 0), _SAFETY["flux3"])
+    if "version" in req.extra:
+        body["version"] = req.extra["version"]
+    return body
+
+
 def _to_request(req: UpstreamRequest) -> tuple[str, dict[str, Any]]:
     """The create path and JSON body for `req`."""
+    if req.family == "flux2":
+        return f"/v1/{req.model}", _flux2_body(req)
+    if req.family == "flux3":
+        return f"/v1/{req.model}", _flux3_body(req)
     if len(req.images) > 1 + len(_EXTRA_IMAGE_FIELDS):
         raise UpstreamRejected("BFL takes at most 4 input images", code="unsupported_request",
                                retryable=True)
@@ -184,7 +253,7 @@ class BflAdapter:
         self.capabilities = Capabilities(
             models=options.models, max_input_images=4, min_ratio=3 / 7, max_ratio=7 / 3,
             output_formats=("png", "jpeg"), safety_range=(0, 6), supports_cancel=False,
-            label="bfl")
+            label="bfl", family_inputs=dict(FAMILY_INPUTS))
 
     def _phases(self, total: float) -> httpx.Timeout:
         return httpx.Timeout(total, connect=self.options.connect_timeout)

@@ -1,4 +1,4 @@
-"""fal.ai's queue API, running FLUX.1 Kontext [pro] and [max].
+"""fal.ai's queue API, running FLUX.1 Kontext [pro] and [max], FLUX.2 and FLUX 3 Image.
 
 Docs: https://docs.fal.ai/model-endpoints/queue (submit, status, result, cancel),
 https://fal.ai/models/fal-ai/flux-pro/kontext/llms.txt (edit schema),
@@ -26,6 +26,21 @@ Wire contract used here:
   so it is always sent); `enhance_prompt` carries prompt_upsampling; `guidance_scale` comes
   from `req.extra["guidance"]`; `num_images` is 1.
 - `has_nsfw_concepts[i] == true`: that image is dropped; when none is left the job is moderated.
+
+FLUX.2 and FLUX 3 (fal.ai model pages; shared/reference/upstreams-2026-12.md §1.3), by
+`UpstreamRequest.family`:
+- `flux2`: `fal-ai/flux-2-pro`, `fal-ai/flux-2-flex`, `fal-ai/flux-2/klein/4b`; with input
+  images `{endpoint}/edit` and `image_urls` (data URIs, up to 8; klein 4); the size as
+  `image_size: {width, height}`; `seed`; `safety_tolerance` a string "1".."5";
+  `output_format` jpeg|png; flex `num_inference_steps` and `guidance_scale`. fal prices it
+  per megapixel, input and output ($0.03 first MP + $0.015 each further, pro).
+- `flux3`: `blackforestlabs/flux-3/text-to-image`, with input images
+  `blackforestlabs/flux-3/edit-image` and `image_urls` (up to 10, each at most 4 MP: a
+  larger one is refused here as unsupported, so another channel may take the job);
+  `aspect_ratio` (`auto` or its enum), `resolution`, `grounding` (always sent),
+  `safety_tolerance` "1".."4"; no seed.
+UNCONFIRMED: the FLUX 3 endpoints' field names beyond `prompt` and `image_urls` (taken to be
+BFL's own); `fal-ai/flux-2-max` (not listed; add it through `endpoints` if it exists).
 
 Confirmed in fal's API reference for `fal-ai/flux-pro/kontext/multi` (its input schema and
 example): `image_urls` is a required `list<string>`, with the same `aspect_ratio` enum,
@@ -66,7 +81,20 @@ ASPECT_RATIOS = ("21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:2
 DEFAULT_ENDPOINTS = {
     "flux-kontext-pro": "fal-ai/flux-pro/kontext",
     "flux-kontext-max": "fal-ai/flux-pro/kontext/max",
+    "flux-2-pro": "fal-ai/flux-2-pro",
+    "flux-2-flex": "fal-ai/flux-2-flex",
+    "flux-2-klein-4b": "fal-ai/flux-2/klein/4b",
+    "flux-3-image": "blackforestlabs/flux-3",
 }
+#: per family: input images, and the (text-to-image, edit) sub-paths of the endpoint
+FAMILY_INPUTS = {"flux2": 8, "flux3": 10}
+FAMILY_PATHS = {"flux2": ("", "/edit"), "flux3": ("/text-to-image", "/edit-image")}
+#: how each family's knobs are spelled on fal (`req.extra` name -> input field)
+FAMILY_FIELDS: dict[str, dict[str, str]] = {
+    "flux2": {"steps": "num_inference_steps", "guidance": "guidance_scale"},
+    "flux3": {"grounding": "grounding"},
+}
+_FLUX3_EDIT_PIXELS = 4_000_000  # fal's FLUX 3 edit: each image at most 4 MP
 _MAX_IMAGES = 4
 _MODERATION = re.compile(r"nsfw|content.?policy|moderat|safety|flagged", re.IGNORECASE)
 
@@ -79,9 +107,45 @@ class FalOptions(transport.QueueTimeouts):
     object_ttl: int | None = Field(default=None, ge=60)  # X-Fal-Object-Lifecycle-Preference
 
 
+def _family_request(endpoint: str, req: UpstreamRequest) -> tuple[str, dict[str, Any]]:
+    """FLUX.2 / FLUX 3 on fal (see the module docstring)."""
+    limit = FAMILY_INPUTS[req.family]
+    if len(req.images) > limit:
+        raise UpstreamRejected(f"fal takes at most {limit} input images for {req.model}",
+                               code="unsupported_request", retryable=True)
+    if req.family == "flux3" and any(i.width * i.height > _FLUX3_EDIT_PIXELS
+                                     for i in req.images):
+        raise UpstreamRejected("fal's FLUX 3 edit takes images of at most 4 MP",
+                               code="unsupported_request", retryable=True)
+    t2i, edit = FAMILY_PATHS[req.family]
+    body: dict[str, Any] = {"prompt": req.prompt}
+    if req.images:
+        body["image_urls"] = [transport.data_url(i.data, i.mime) for i in req.images]
+    if req.family == "flux3":
+        body["aspect_ratio"] = req.aspect_ratio or "auto"
+        body["resolution"] = req.resolution or "1k"
+        body["grounding"] = bool(req.extra.get("grounding", False))
+        if req.safety_tolerance is not None:
+            body["safety_tolerance"] = str(min(max(req.safety_tolerance, 1), 4))
+    else:
+        if req.width and req.height:
+            body["image_size"] = {"width": req.width, "height": req.height}
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.safety_tolerance is not None:
+            body["safety_tolerance"] = str(min(max(req.safety_tolerance, 1), 5))
+        body["output_format"] = "png" if req.output_format == "png" else "jpeg"
+    for key, field in FAMILY_FIELDS[req.family].items():
+        if key in req.extra and field not in body:
+            body[field] = req.extra[key]
+    return endpoint + (edit if req.images else t2i), body
+
+
 def _to_request(req: UpstreamRequest, opts: FalOptions) -> tuple[str, dict[str, Any]]:
     """The endpoint id and the JSON body for `req`."""
     endpoint = req.model if "/" in req.model else opts.endpoints.get(req.model, req.model)
+    if req.family in FAMILY_INPUTS:
+        return _family_request(endpoint, req)
     body: dict[str, Any] = {"prompt": req.prompt}
     images = [transport.data_url(i.data, i.mime) for i in req.images]
     if len(images) > _MAX_IMAGES:
@@ -183,7 +247,8 @@ class FalAdapter:
         self.capabilities = Capabilities(
             models=options.models, max_input_images=_MAX_IMAGES, min_ratio=3 / 7,
             max_ratio=7 / 3, aspect_ratios=ASPECT_RATIOS, output_formats=("png", "jpeg"),
-            safety_range=(1, 6), supports_cancel=True, label="fal")
+            safety_range=(1, 6), supports_cancel=True, label="fal",
+            family_inputs=dict(FAMILY_INPUTS))
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Key {self._key}"}

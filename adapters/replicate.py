@@ -37,6 +37,20 @@ allowed when input images are used"). Dev takes no safety_tolerance; it takes `g
 {jpg, png}, dev {webp, jpg, png}: webp asked of pro/max is sent as png (lossless) and the
 gateway converts the result.
 
+FLUX.2 and FLUX 3 Image (replicate.com model pages; shared/reference/upstreams-2026-12.md §1.2),
+by `UpstreamRequest.family`:
+- `flux2` (`black-forest-labs/flux-2-pro|max|flex|dev|klein-4b|klein-9b`): `input_images` (data
+  URLs, up to 8), the size as `aspect_ratio: "custom"` + `width`/`height` (Replicate takes
+  256..2048 a side: a larger asked side is scaled into that box, ratio kept), `seed`,
+  `safety_tolerance` 1..5 (not on dev), `output_format` webp|jpg|png (always sent: Replicate's
+  default is webp), `output_quality`; flex `steps`/`guidance`, dev `go_fast`/`guidance`/
+  `num_inference_steps`.
+- `flux3` (`black-forest-labs/flux-3-image`): `images` (up to 10), `aspect_ratio` (`auto` or
+  its enum), `resolution` (the class), `grounding` (always sent, false unless enabled),
+  `safety_tolerance` 0..4, `output_format`, `output_quality`; no seed.
+UNCONFIRMED: whether Replicate's FLUX.2 width/height must be multiples of 32 (the gateway sends
+multiples of 16, as BFL takes); the FLUX.2 `resolution` enum's spelling (never sent here).
+
 UNCONFIRMED: Replicate's Kontext prices (not reported by the API; `cost` stays None); the
 moderation wording of `error` (matched loosely); `go_fast` on dev (seen on a mirror only).
 """
@@ -72,7 +86,23 @@ DEFAULT_MODEL_NAMES = {
     "flux-kontext-pro": "black-forest-labs/flux-kontext-pro",
     "flux-kontext-max": "black-forest-labs/flux-kontext-max",
     "flux-kontext-dev": "black-forest-labs/flux-kontext-dev",
+    "flux-2-pro": "black-forest-labs/flux-2-pro",
+    "flux-2-max": "black-forest-labs/flux-2-max",
+    "flux-2-flex": "black-forest-labs/flux-2-flex",
+    "flux-2-dev": "black-forest-labs/flux-2-dev",
+    "flux-2-klein-4b": "black-forest-labs/flux-2-klein-4b",
+    "flux-2-klein-9b": "black-forest-labs/flux-2-klein-9b",
+    "flux-3-image": "black-forest-labs/flux-3-image",
 }
+#: input images per family beyond Kontext's 2 (the multi-image apps)
+FAMILY_INPUTS = {"flux2": 8, "flux3": 10}
+#: how each family's knobs are spelled on Replicate (`req.extra` name -> input field)
+FAMILY_FIELDS: dict[str, dict[str, str]] = {
+    "flux2": {"steps": "steps", "guidance": "guidance", "go_fast": "go_fast"},
+    "flux2-dev": {"steps": "num_inference_steps", "guidance": "guidance", "go_fast": "go_fast"},
+    "flux3": {"grounding": "grounding"},
+}
+_REPLICATE_SIDE = (256, 2048)
 DEFAULT_MULTI_IMAGE_MODELS = {
     "black-forest-labs/flux-kontext-pro": "flux-kontext-apps/multi-image-kontext-pro",
     "black-forest-labs/flux-kontext-max": "flux-kontext-apps/multi-image-kontext-max",
@@ -108,10 +138,59 @@ def _aspect_ratio(req: UpstreamRequest) -> str:
     return "match_input_image" if req.images else "1:1"
 
 
+def _custom_size(width: int, height: int) -> tuple[int, int]:
+    """`width` x `height` inside Replicate's 256..2048 box, ratio kept, multiples of 16."""
+    lo, hi = _REPLICATE_SIDE
+    scale = min(1.0, hi / max(width, height))
+    scale = max(scale, lo / min(width, height))
+    return (min(hi, max(lo, round(width * scale / 16) * 16)),
+            min(hi, max(lo, round(height * scale / 16) * 16)))
+
+
+def _family_input(name: str, req: UpstreamRequest) -> dict[str, Any]:
+    """The `input` of a FLUX.2 or FLUX 3 prediction (see the module docstring)."""
+    images = [transport.data_url(i.data, i.mime) for i in req.images]
+    limit = FAMILY_INPUTS[req.family]
+    if len(images) > limit:
+        raise _unsupported(f"{name} on Replicate takes at most {limit} input images")
+    fmt = {"jpeg": "jpg", "png": "png", "webp": "webp"}[req.output_format]
+    body: dict[str, Any] = {"prompt": req.prompt}
+    dev = name.endswith("-dev")
+    if req.family == "flux3":
+        if images:
+            body["images"] = images
+        body["aspect_ratio"] = req.aspect_ratio or "auto"
+        body["resolution"] = req.resolution or "1k"
+        if req.safety_tolerance is not None:
+            body["safety_tolerance"] = min(max(req.safety_tolerance, 0), 4)
+        fields = FAMILY_FIELDS["flux3"]
+        body["grounding"] = bool(req.extra.get("grounding", False))
+    else:
+        if images:
+            body["input_images"] = images
+        if req.width and req.height:
+            body["aspect_ratio"] = "custom"
+            body["width"], body["height"] = _custom_size(req.width, req.height)
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.safety_tolerance is not None and not dev:
+            body["safety_tolerance"] = min(max(req.safety_tolerance, 1), 5)
+        fields = FAMILY_FIELDS["flux2-dev" if dev else "flux2"]
+    for key, field in fields.items():
+        if key in req.extra and field not in body:
+            body[field] = req.extra[key]
+    body["output_format"] = fmt
+    if req.quality is not None and fmt != "png":
+        body["output_quality"] = req.quality
+    return body
+
+
 def _to_request(req: UpstreamRequest, opts: ReplicateOptions) -> tuple[str, dict[str, Any]]:
     """The `owner/name` to run and the prediction's `input` for `req`."""
     name = req.model if "/" in req.model else opts.model_names.get(
         req.model, f"black-forest-labs/{req.model}")
+    if req.family in FAMILY_INPUTS:
+        return name, {"input": _family_input(name, req)}
     is_dev = name.rsplit("/", 1)[-1].endswith("-dev")
     images = [transport.data_url(i.data, i.mime) for i in req.images]
     fmt = {"jpeg": "jpg", "png": "png", "webp": "webp" if is_dev else "png"}[req.output_format]
@@ -203,7 +282,8 @@ class ReplicateAdapter:
         self.capabilities = Capabilities(
             models=options.models, max_input_images=2, min_ratio=3 / 7, max_ratio=7 / 3,
             aspect_ratios=ASPECT_RATIOS, output_formats=("png", "jpeg", "webp"),
-            safety_range=(0, 6), supports_cancel=True, label="replicate")
+            safety_range=(0, 6), supports_cancel=True, label="replicate",
+            family_inputs=dict(FAMILY_INPUTS))
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}

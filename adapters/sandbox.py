@@ -1,4 +1,5 @@
-"""The sandbox upstream: a deterministic, offline, synthetic FLUX.1 Kontext stand-in.
+"""The sandbox upstream: a deterministic, offline, synthetic stand-in for every FLUX model family
+(FLUX.1 Kontext, FLUX.2, FLUX 3 Image).
 
 Used for test-mode keys, demos, tests and benchmarks. It is labelled a sandbox everywhere a
 user can see it: the capability label is "sandbox" and every image carries the text
@@ -8,7 +9,10 @@ Contract:
 - The same model, prompt, seed, aspect ratio, output format, quality and inputs give the same
   bytes (`quality` is used for JPEG and WebP, as an upstream that takes one would).
 - The output size is the Kontext ~1 MP bucket for the requested ratio (or, with an input image
-  and no ratio, for the input's ratio).
+  and no ratio, for the input's ratio); for FLUX.2 it is the asked `width` x `height`, for
+  FLUX 3 the size of its ratio and resolution class (what the gateway expects back).
+- It takes as many input images as the real family: Kontext 4 (the `max_input_images`
+  option), FLUX.2 8 (klein 4: the gateway applies the model's limit), FLUX 3 10.
 - With input images, the result is a visible, deterministic transformation of the first input
   (fitted to the bucket and colour-inverted); further inputs appear as thumbnails in a corner.
 - Behaviour knobs (from the channel options, or per request by words in the prompt):
@@ -43,7 +47,11 @@ from adapters.base import (
 )
 from adapters.buckets import MAX_RATIO, MIN_RATIO, bucket_for_ratio
 
-SANDBOX_MODELS = ("flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev")
+SANDBOX_MODELS = ("flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev", "flux-2-pro",
+                  "flux-2-pro-preview", "flux-2-max", "flux-2-flex", "flux-2-klein-4b",
+                  "flux-2-klein-9b", "flux-2-dev", "flux-3-image")
+#: input images per family beyond Kontext's (BFL's figures: upstreams-2026-12.md §1.1)
+FAMILY_INPUTS = {"flux2": 8, "flux3": 10}
 _LATENCY_RE = re.compile(r"sandbox:latency=(\d+(?:\.\d+)?)")
 
 
@@ -82,6 +90,7 @@ class SandboxAdapter:
             safety_range=(0, 6),
             supports_cancel=True,
             label="sandbox",
+            family_inputs=dict(FAMILY_INPUTS),
         )
         self._tasks: dict[str, _Task] = {}
         self._rng = random.Random(self.options.random_seed)
@@ -143,8 +152,12 @@ class SandboxAdapter:
 
 def _digest(req: UpstreamRequest) -> bytes:
     h = hashlib.sha256()
-    for part in (req.model, req.prompt, str(req.seed), str(req.aspect_ratio), req.output_format,
-                 str(req.quality)):
+    parts = [req.model, req.prompt, str(req.seed), str(req.aspect_ratio), req.output_format,
+             str(req.quality)]
+    if req.family != "kontext":  # FLUX.2/3: the size and knobs change the image too
+        parts += [str(req.width), str(req.height), str(req.resolution),
+                  repr(sorted(req.extra.items()))]
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     for image in req.images:
@@ -153,7 +166,9 @@ def _digest(req: UpstreamRequest) -> bytes:
 
 
 def output_size(req: UpstreamRequest) -> tuple[int, int]:
-    """The bucket the sandbox renders for `req`."""
+    """The bucket the sandbox renders for `req` (the asked or expected size for FLUX.2/3)."""
+    if req.family != "kontext" and req.width and req.height:
+        return req.width, req.height
     if req.aspect_ratio:
         w, h = req.aspect_ratio.split(":")
         return bucket_for_ratio(float(w) / float(h))

@@ -92,7 +92,8 @@ async def create_key(session: AsyncSession, *, name: str, mode: str = "live",
                      max_concurrency: int | None = None, price_group: str | None = None,
                      expires_at: datetime | None = None,
                      ip_allow: list[str] | None = None,
-                     provenance: str | None = None) -> CreatedKey:
+                     provenance: str | None = None,
+                     meta: dict[str, Any] | None = None) -> CreatedKey:
     """Create a key. `balance=None` makes an unlimited (post-paid) key; an int (micro-units)
     makes a prepaid key topped up by that amount through the ledger. `provenance` is one of
     PROVENANCE_MODES or None."""
@@ -107,7 +108,7 @@ async def create_key(session: AsyncSession, *, name: str, mode: str = "live",
         display=display_of(plaintext), mode=mode, balance=0, unlimited=balance is None,
         disabled=False, models=models, rpm=rpm, max_concurrency=max_concurrency,
         price_group=price_group, created_at=datetime.now(UTC), expires_at=expires_at,
-        ip_allow=ip_allow, provenance=provenance,
+        ip_allow=ip_allow, provenance=provenance, meta=meta,
     )
     session.add(row)
     await session.flush()
@@ -291,12 +292,14 @@ class KeyInfo:
     expires_at: datetime | None
     revoked_at: datetime | None
     provenance: str | None = None
+    meta: dict[str, Any] | None = None  # free-form; `grounding: true` allows FLUX 3 grounding
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> KeyInfo:
         values = {f.name: getattr(row, f.name) for f in fields(cls)}
         for listed in ("models", "ip_allow"):
             values[listed] = list(values[listed]) if values[listed] is not None else None
+        values["meta"] = dict(values["meta"]) if isinstance(values["meta"], dict) else None
         return cls(**values)
 
 

@@ -1,5 +1,7 @@
-"""Prices: per model and operation, per image (plus optional per output megapixel), in integer
-micro-units; price-group multipliers; the upstream's own cost beside the price.
+"""Prices: per model and operation, per image (plus optional per output megapixel), per
+megapixel with a first-megapixel price (input megapixels counted: FLUX.2), or per resolution
+class (FLUX 3 Image), in integer micro-units; price-group multipliers; the upstream's own cost
+beside the price.
 
 Built from plain settings values (`PriceTable.from_config`), so billing never reads the
 gateway's settings. Money is never a float here: config numbers go through `Decimal(str(x))`.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 MICRO = 1_000_000
 
@@ -40,16 +42,41 @@ def chargeable(mode: str) -> bool:
     return mode != "test"
 
 
+#: the keys of a model's price mapping that are not resolution classes
+_PRICE_WORDS = frozenset({"per_image", "per_megapixel", "first_megapixel", "further_megapixel",
+                          "generate", "edit"})
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     """The price of one image of a model: `per_image` unless `by_operation` names the
-    operation, plus `per_megapixel` times the output megapixels when that is known."""
+    operation, plus `per_megapixel` times the output megapixels when that is known.
+
+    With `first_megapixel` set, the image is priced by size instead (BFL's FLUX.2 formula):
+    `first_megapixel` + `further_megapixel` for each further megapixel, where the megapixels
+    are the output's plus every input image's, rounded up to a whole one (at least 1). With
+    `by_resolution`, a resolution class it names has that price (FLUX 3 Image)."""
 
     per_image: int
     by_operation: dict[str, int] = field(default_factory=dict)
     per_megapixel: int = 0
+    first_megapixel: int | None = None
+    further_megapixel: int = 0
+    by_resolution: dict[str, int] = field(default_factory=dict)
 
-    def unit(self, operation: str, megapixels: float | None) -> Decimal:
+    @property
+    def by_size(self) -> bool:
+        """Whether the price follows the image's size (settled on the real output)."""
+        return self.first_megapixel is not None or bool(self.per_megapixel)
+
+    def unit(self, operation: str, megapixels: float | None, *,
+             input_megapixels: float = 0.0, resolution: str | None = None) -> Decimal:
+        if self.first_megapixel is not None:
+            total = Decimal(str(megapixels or 0)) + Decimal(str(input_megapixels or 0))
+            count = max(int(total.to_integral_value(rounding=ROUND_CEILING)), 1)
+            return Decimal(self.first_megapixel) + Decimal(self.further_megapixel) * (count - 1)
+        if resolution is not None and resolution in self.by_resolution:
+            return Decimal(self.by_resolution[resolution])
         base = Decimal(self.by_operation.get(operation, self.per_image))
         if self.per_megapixel and megapixels:
             base += Decimal(self.per_megapixel) * Decimal(str(megapixels))
@@ -67,6 +94,9 @@ class PriceTable:
     groups: dict[str, float | Decimal] = field(default_factory=dict)
     default_price: int = 0
     per_megapixel: dict[str, int] = field(default_factory=dict)
+    first_megapixel: dict[str, int] = field(default_factory=dict)
+    further_megapixel: dict[str, int] = field(default_factory=dict)
+    by_resolution: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, prices: Mapping[str, Number | Mapping[str, Number]] | None = None,
@@ -75,11 +105,16 @@ class PriceTable:
         """A table from settings values in currency units.
 
         `prices[model]` is a number (per image, every operation) or a mapping with any of
-        `per_image`, `per_megapixel` and operation names (`generate`, `edit`) as keys.
+        `per_image`, `per_megapixel`, `first_megapixel` + `further_megapixel` (size-priced,
+        inputs counted), operation names (`generate`, `edit`) and resolution classes (any
+        other key, e.g. `1k`, `4k`) as keys.
         `price_groups[name]` is a multiplier. Raises ValueError for a negative value."""
         flat: dict[str, int] = {}
         by_op: dict[str, dict[str, int]] = {}
         per_mp: dict[str, int] = {}
+        first: dict[str, int] = {}
+        further: dict[str, int] = {}
+        by_res: dict[str, dict[str, int]] = {}
         for model, spec in (DEFAULT_PRICES_UNITS if prices is None else prices).items():
             if isinstance(spec, Mapping):
                 ops = {k: _money(v, f"prices.{model}.{k}") for k, v in spec.items()}
@@ -87,6 +122,13 @@ class PriceTable:
                     flat[model] = ops.pop("per_image")
                 if "per_megapixel" in ops:
                     per_mp[model] = ops.pop("per_megapixel")
+                if "first_megapixel" in ops:
+                    first[model] = ops.pop("first_megapixel")
+                if "further_megapixel" in ops:
+                    further[model] = ops.pop("further_megapixel")
+                classes = {k: ops.pop(k) for k in list(ops) if k not in _PRICE_WORDS}
+                if classes:
+                    by_res[model] = classes
                 if ops:
                     by_op[model] = ops
                 flat.setdefault(model, to_micro(default_price))
@@ -99,24 +141,33 @@ class PriceTable:
                 raise ValueError(f"price_groups.{name} must not be negative")
             groups[name] = value
         return cls(prices=flat, by_operation=by_op, groups=groups,
-                   default_price=to_micro(default_price), per_megapixel=per_mp)
+                   default_price=to_micro(default_price), per_megapixel=per_mp,
+                   first_megapixel=first, further_megapixel=further, by_resolution=by_res)
 
     def model_price(self, model: str) -> ModelPrice:
         """The price entry of `model` (the default price for an unknown model)."""
         return ModelPrice(per_image=self.prices.get(model, self.default_price),
                           by_operation=self.by_operation.get(model, {}),
-                          per_megapixel=self.per_megapixel.get(model, 0))
+                          per_megapixel=self.per_megapixel.get(model, 0),
+                          first_megapixel=self.first_megapixel.get(model),
+                          further_megapixel=self.further_megapixel.get(model, 0),
+                          by_resolution=self.by_resolution.get(model, {}))
 
     def quote(self, model: str, operation: str = "generate", *, n: int = 1,
               group: str | None = None, megapixels: float | None = None,
-              mode: str = "live") -> int:
+              mode: str = "live", input_megapixels: float = 0.0,
+              resolution: str | None = None) -> int:
         """Price in micro-units of `n` images of `model` for `operation` for a key of `group`
-        and `mode`; 0 for test mode. Rounded half up once per image, then times `n`."""
+        and `mode`; 0 for test mode. Rounded half up once per image, then times `n`.
+        `megapixels` is the output's, `input_megapixels` the inputs' (both counted by a
+        first-megapixel price), `resolution` the resolution class asked."""
         if not chargeable(mode):
             return 0
         if n < 0:
             raise ValueError("n must not be negative")
-        unit = self.model_price(model).unit(operation, megapixels)
+        unit = self.model_price(model).unit(operation, megapixels,
+                                            input_megapixels=input_megapixels,
+                                            resolution=resolution)
         multiplier = Decimal(str(self.groups.get(group, 1))) if group else Decimal(1)
         per_image = int((unit * multiplier).to_integral_value(rounding=ROUND_HALF_UP))
         return per_image * n

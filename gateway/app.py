@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -68,7 +69,11 @@ log = logging.getLogger("gateway")
 
 
 def price_table(settings: Settings) -> PriceTable:
-    return PriceTable.from_config(settings.billing.prices, settings.billing.price_groups)
+    """The configured prices, plus each catalogue model's default price (gateway/families.py)
+    for a model the configuration does not price."""
+    prices: dict[str, Any] = dict(settings.model_catalogue().default_prices())
+    prices.update(settings.billing.prices)
+    return PriceTable.from_config(prices, settings.billing.price_groups)
 
 
 def redact_url(url: str) -> str:
@@ -151,7 +156,7 @@ async def build_services(settings: Settings) -> Services:
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
                       settings=settings.jobs, writer=writer, observer=metrics.job_finished,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
-                      outbox=webhooks.outbox,
+                      outbox=webhooks.outbox, catalogue=settings.model_catalogue(),
                       provenance=provenance)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import NotFound
+from gateway.families import MODELS as FAMILY_MODELS
+from gateway.families import Catalogue
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,18 +17,9 @@ class ModelInfo:
     description: str
 
 
-MODELS: tuple[ModelInfo, ...] = (
-    ModelInfo("flux-kontext-pro", ("black-forest-labs/flux-kontext-pro", "fal-ai/flux-pro/kontext",
-                                   "flux-kontext", "flux.1-kontext-pro", "flux-1-kontext-pro"),
-              "FLUX.1 Kontext [pro]: generation and editing"),
-    ModelInfo("flux-kontext-max", ("black-forest-labs/flux-kontext-max",
-                                   "fal-ai/flux-pro/kontext/max", "flux.1-kontext-max",
-                                   "flux-1-kontext-max"),
-              "FLUX.1 Kontext [max]: highest quality and typography"),
-    ModelInfo("flux-kontext-dev", ("black-forest-labs/flux-kontext-dev", "fal-ai/flux-kontext/dev",
-                                   "flux.1-kontext-dev", "flux-1-kontext-dev"),
-              "FLUX.1 Kontext [dev]: open weights"),
-)
+#: every built-in model of every family (gateway/families.py holds the data)
+MODELS: tuple[ModelInfo, ...] = tuple(ModelInfo(m.id, m.aliases, m.description)
+                                      for m in FAMILY_MODELS)
 
 #: OpenAI model names that clients hard-code (the ComfyUI OpenAI node defaults to
 #: `gpt-image-1`, others send `dall-e-3`), answered by a Kontext model; `model_aliases` in the
@@ -52,13 +45,19 @@ def is_model(name: str) -> bool:
 
 
 def resolve_model(name: str | None, param: str = "model",
-                  aliases: Mapping[str, str] | None = None) -> str:
-    """The canonical id for `name`, one of its built-in aliases or one of `aliases` (the
-    configured `model_aliases`: name -> canonical id); raises NotFound (model_not_found)."""
+                  aliases: Mapping[str, str] | None = None,
+                  catalogue: Catalogue | None = None) -> str:
+    """The canonical id for `name`, one of its built-in aliases, one of `aliases` (the
+    configured `model_aliases`: name -> canonical id) or a model (or alias) the operator added
+    to `catalogue`; raises NotFound (model_not_found)."""
     if not name:
         raise NotFound("You must provide a model parameter.", param=param, code="model_not_found")
     key = name.strip().lower()
     canonical = _BY_NAME.get(key)
+    if canonical is None and catalogue is not None:
+        canonical = next((m.id for m in catalogue.models.values()
+                          if key == m.id.lower() or key in (a.lower() for a in m.entry.aliases)),
+                         None)
     if canonical is None and aliases:
         canonical = next((target for alias, target in aliases.items()
                           if alias.lower() == key), None)

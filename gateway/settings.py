@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from gateway.datadir import DATA_DIR_ENV, default_data_dir, from_config_file
+from gateway.families import Catalogue
 from gateway.images.addresses import AllowList
 from gateway.models import DEFAULT_ALIASES, MODELS
 
@@ -367,9 +368,13 @@ class Settings(BaseSettings):
     chat: ChatSettings = Field(default_factory=ChatSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
+    # models added to (or changed in) the built-in catalogue: id -> {family: kontext|flux2|
+    # flux3, description, aliases, max_refs, bfl_route, price} (see gateway/families.py)
+    catalogue: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     #: where `data_dir` came from, in words (set by `load_settings`)
     _data_dir_origin: str = PrivateAttr(default="the default for this user")
+    _catalogue: Catalogue | None = PrivateAttr(default=None)
 
     @property
     def data_dir_origin(self) -> str:
@@ -388,6 +393,18 @@ class Settings(BaseSettings):
             if target not in ids:
                 raise ValueError(f"alias {alias!r} names {target!r}, not one of {', '.join(ids)}")
         return v
+
+    @field_validator("catalogue")
+    @classmethod
+    def _catalogue_is_valid(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        Catalogue.extended(v)  # raises ValueError naming the entry
+        return v
+
+    def model_catalogue(self) -> Catalogue:
+        """The built-in model catalogue plus `catalogue` (built once per settings object)."""
+        if self._catalogue is None:
+            self._catalogue = Catalogue.extended(self.catalogue)
+        return self._catalogue
 
     @field_validator("public_base_url")
     @classmethod

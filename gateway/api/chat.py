@@ -34,6 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from billing.errors import BillingError
+from gateway.api import family_fields
 from gateway.api.chat_input import ChatInput, chat_input
 from gateway.api.deps import (
     LimitedPrincipalDep,
@@ -211,7 +212,8 @@ async def _place(gate: Gate, body: ChatCompletionRequest, principal: Principal,
                  services: Services, desk: OrderDesk) -> tuple[Reply, ChatInput, JobRow]:
     """Validate the request and create its job; raises before anything is charged."""
     requested = (body.model or "").removesuffix(":image")  # LobeChat's image-chat model ids
-    model = resolve_model(requested or None, aliases=services.settings.model_aliases)
+    model = resolve_model(requested or None, aliases=services.settings.model_aliases,
+                          catalogue=services.jobs.catalogue)
     principal.check_model(model)
     wanted = chat_input(body.messages)
     order = Order(
@@ -224,6 +226,8 @@ async def _place(gate: Gate, body: ChatCompletionRequest, principal: Principal,
         prompt_upsampling=intake.parse_bool(body.prompt_upsampling or False,
                                             param="prompt_upsampling"),
         surface="openai.chat")
+    family_fields.fit(order, services, principal, {**(body.model_extra or {})}, size=body.size,
+                      quality=getattr(body, "quality", None), seed=body.seed)
     # gateway file URLs are read from storage (never fetched over HTTP)
     refs = [(f"{PARAM}[image {i}]", ref) for i, ref in enumerate(wanted.images)]
     await attach_refs(services, principal, refs, order, param=PARAM)

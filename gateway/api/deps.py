@@ -80,6 +80,7 @@ class Principal:
     rpm: int | None = None
     max_concurrency: int | None = None
     provenance: str | None = None  # off | metadata | signed; None: group's or default
+    grounding: bool = False  # FLUX 3 web grounding by default (the key's `meta.grounding`)
 
     def check_model(self, model: str) -> None:
         """Raise PermissionDenied when this key may not use `model`."""
@@ -114,7 +115,8 @@ async def authenticate(request: Request, services: ServicesDep) -> Principal:
     principal = Principal(key_id=row.id, name=row.name, mode=row.mode,
                           models=tuple(row.models) if row.models is not None else None,
                           price_group=row.price_group, rpm=row.rpm,
-                          max_concurrency=row.max_concurrency, provenance=row.provenance)
+                          max_concurrency=row.max_concurrency, provenance=row.provenance,
+                          grounding=(row.meta or {}).get("grounding") is True)
     request.state.principal = principal
     return principal
 

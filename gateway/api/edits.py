@@ -34,6 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from adapters.buckets import MAX_RATIO, MIN_RATIO
+from gateway.api import family_fields
 from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep
 from gateway.api.guards import Gate, idempotent
 from gateway.api.image_stream import STREAMED, stream_response, wants_stream
@@ -161,7 +162,7 @@ async def read_multipart(request: Request, limits: LimitSettings, desk: OrderDes
             elif isinstance(value, str):
                 fields[name] = value
         body = validated(ImageEditRequest, fields)
-        desk.check_image_count(len(parts))
+        desk.check_image_count(len(parts), model=body.model)
         out = EditForm(body=body)
         for i, part in enumerate(parts):
             param = _image_param(i, len(parts))
@@ -197,7 +198,7 @@ async def read_json(request: Request, limits: LimitSettings, desk: OrderDesk) ->
     elif body.image:
         refs.append(body.image)
     refs += body.images or []
-    desk.check_image_count(len(refs))
+    desk.check_image_count(len(refs), model=body.model)
     out = EditForm(body=body)
     out.images = [_ref_text(ref, _image_param(i, len(refs))) for i, ref in enumerate(refs)]
     if body.mask:
@@ -257,7 +258,8 @@ async def _create_edit(gate: Gate, form: EditForm, principal: Principal, service
                        desk: OrderDesk, *, respond_async: bool = False,
                        stream_to: Request | None = None) -> Response:
     body = form.body
-    model = resolve_model(body.model, aliases=services.settings.model_aliases)
+    model = resolve_model(body.model, aliases=services.settings.model_aliases,
+                          catalogue=services.jobs.catalogue)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
     webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,
@@ -291,6 +293,8 @@ async def _create_edit(gate: Gate, form: EditForm, principal: Principal, service
             param="prompt_upsampling"),
         extra=extra, webhook_url=webhook_url, webhook_secret=webhook_secret,
         input_ratio=EDIT_RATIO, notes=notes)
+    family_fields.fit(order, services, principal, {**(body.model_extra or {})}, size=body.size,
+                      quality=body.quality, seed=body.seed)
     # the request's copies are let go as soon as they are used: a 20 MB upload (or its base64
     # text) must not stay in memory, several times over, while the job runs for minutes
     count = len(form.images)

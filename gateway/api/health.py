@@ -88,7 +88,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 def _cards(services: ServicesDep, allowed: tuple[str, ...] | None) -> list[ModelCard]:
     owner = {c.kind for c in services.router.channels}
     owned_by = "fluxgate-sandbox" if owner == {"sandbox"} else "black-forest-labs"
-    return [ModelCard(id=m, created=_CREATED, owned_by=owned_by)
+    catalogue = services.jobs.catalogue
+    return [ModelCard(id=m, created=_CREATED, owned_by=owned_by,
+                      capabilities=catalogue.spec(root).capabilities())
             for m, root in listed_models(services.router.models(),
                                          services.settings.model_aliases)
             if allowed is None or root in allowed]
@@ -102,7 +104,8 @@ async def list_models(principal: PrincipalDep, services: ServicesDep) -> ModelLi
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, principal: PrincipalDep, services: ServicesDep) -> ModelCard:
-    canonical = resolve_model(model_id, aliases=services.settings.model_aliases)
+    canonical = resolve_model(model_id, aliases=services.settings.model_aliases,
+                              catalogue=services.jobs.catalogue)
     cards = _cards(services, principal.models)  # an alias's own card first, else its model's
     found = [c for c in cards if c.id == model_id] + [c for c in cards if c.id == canonical]
     if found:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.api import family_fields
 from gateway.api.deps import LimitedPrincipalDep, Principal, Services, ServicesDep, from_sandbox
 from gateway.api.guards import Gate, idempotent
 from gateway.api.image_stream import STREAMED, stream_response, wants_stream
@@ -117,7 +118,8 @@ async def create_image(request: Request, body: ImageGenerationRequest,
 async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Principal,
                         services: Services, desk: OrderDesk, *, respond_async: bool = False,
                         stream_to: Request | None = None) -> Response:
-    model = resolve_model(body.model, aliases=services.settings.model_aliases)
+    model = resolve_model(body.model, aliases=services.settings.model_aliases,
+                          catalogue=services.jobs.catalogue)
     principal.check_model(model)
     response_format = parse_response_format(body.response_format)
     webhook_url, webhook_secret = await services.webhooks.accept(body.webhook_url,
@@ -136,6 +138,8 @@ async def _create_image(gate: Gate, body: ImageGenerationRequest, principal: Pri
         prompt_upsampling=intake.parse_bool(body.prompt_upsampling or False,
                                             param="prompt_upsampling"),
         image_refs=refs, webhook_url=webhook_url, webhook_secret=webhook_secret)
+    family_fields.fit(order, services, principal, {**(body.model_extra or {})}, size=body.size,
+                      quality=body.quality, seed=body.seed)
     rows = await gate.place(desk, customer_of(principal), order)
     if stream_to is not None:
         return stream_response(stream_to, services, "image_generation", rows, prompt, len(refs))

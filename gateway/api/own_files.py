@@ -55,6 +55,9 @@ async def attach_refs(services: Services, principal: Principal,
         order.image_refs = refs
         return
     limit = services.settings.limits.max_input_images
+    found = services.jobs.catalogue.find(order.model)
+    if found is not None:  # FLUX.2 takes 8, FLUX 3 10
+        limit = max(limit, found.max_refs)
     if len(refs) > limit:
         raise InvalidRequest(f"Too many input images: {len(refs)}; at most {limit} per "
                              "request.", param=param, code="too_many_images")

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from gateway.api import family_fields
 from gateway.api.deps import LimitedPrincipalDep, Principal, PrincipalDep, Services, ServicesDep
 from gateway.api.edits import bounded
 from gateway.api.guards import Gate, idempotent
@@ -112,7 +113,8 @@ def prefer_wait(header: str | None) -> int:
 
 
 def model_for(owner: str, name: str) -> str:
-    """Our canonical model for `{owner}/{name}`; raises NotFound."""
+    """Our canonical model for `{owner}/{name}` (every family's Replicate name); raises
+    NotFound."""
     if owner.lower() != OWNER:
         raise NotFound(f"Model {owner}/{name} not found; this gateway serves "
                        f"{', '.join(f'{OWNER}/{m.id}' for m in MODELS)}.", code="model_not_found")
@@ -143,6 +145,76 @@ def knobs(inputs: dict[str, Any]) -> dict[str, Any]:
     if "go_fast" in extra:
         extra["go_fast"] = intake.parse_bool(extra["go_fast"], param="go_fast")
     return extra
+
+
+def _image_list(inputs: dict[str, Any], key: str) -> list[tuple[str, str]]:
+    value = inputs.get(key)
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"Invalid {key}: expected a list of image URLs.", param=key)
+    return [(f"{key}[{i}]", v) for i, v in enumerate(value) if v]
+
+
+def family_order_for(services: Services, principal: Principal, model: str,
+                     inputs: dict[str, Any], webhook_url: str | None,
+                     webhook_secret: str | None) -> Order:
+    """An Order from a FLUX.2 or FLUX 3 prediction's `input`, in Replicate's schemas
+    (`black-forest-labs/flux-2-*`: `input_images`, `aspect_ratio` incl. `match_input_image`/
+    `custom` with `width`/`height`, `resolution` in megapixels, `output_format` default webp;
+    `flux-3-image`: `images`, `aspect_ratio`, `resolution` class, `grounding`). Fields the
+    model does not take are dropped and noted; raises InvalidRequest (422)."""
+    spec = services.jobs.catalogue.spec(model)
+    flux3 = spec.family.name == "flux3"
+    prompt = inputs.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidRequest("input.prompt is required (a non-empty string).", param="prompt")
+    refs = _image_list(inputs, "images" if flux3 else "input_images")
+    ratio_text = str(inputs.get("aspect_ratio") or "").strip()
+    custom = ratio_text == "custom"
+    ratio = None if custom or ratio_text in ("", "auto") else \
+        intake.choose_aspect_ratio(aspect_ratio=ratio_text, size=None)
+    fields = dict(inputs)
+    if "num_inference_steps" in fields:  # flux-2-dev's name for steps
+        fields["steps"] = fields.pop("num_inference_steps")
+    size = None
+    if not flux3 and not custom and inputs.get("resolution") not in (None, ""):
+        mp = _megapixels(inputs["resolution"])
+        w, h = (float(x) for x in (ratio or "1:1").split(":"))
+        size = f"{round((mp * (1 << 20) * w / h) ** 0.5)}x{round((mp * (1 << 20) * h / w) ** 0.5)}"
+        fields.pop("resolution")
+    order = Order(
+        model=model, prompt=prompt,
+        seed=intake.parse_seed(None if flux3 else inputs.get("seed")),
+        operation="edit" if refs else "generate", aspect_ratio=ratio,
+        output_format=intake.parse_output_format(inputs.get("output_format"), default="webp"),
+        quality=intake.parse_quality(output_quality=inputs.get("output_quality")),
+        safety_tolerance=intake.parse_safety(inputs.get("safety_tolerance")),
+        prompt_upsampling=intake.parse_bool(inputs.get("prompt_upsampling") or False,
+                                            param="prompt_upsampling"),
+        image_refs=refs, surface="replicate", webhook_url=webhook_url,
+        webhook_secret=webhook_secret)
+    known = {"prompt", "images", "input_images", "aspect_ratio", "seed", "output_format",
+             "output_quality", "safety_tolerance", "prompt_upsampling", "width", "height",
+             "resolution"}
+    knobs = {k: v for k, v in fields.items() if k not in known}
+    family_fields.fit(order, services, principal,
+                      {**{k: fields.get(k) for k in ("resolution",) if flux3},
+                       **({"width": fields.get("width"), "height": fields.get("height")}
+                          if custom or not flux3 else {}),
+                       **knobs}, size=size, seed=inputs.get("seed") if flux3 else None,
+                      knobs=tuple(knobs))
+    return order
+
+
+def _megapixels(value: Any) -> float:
+    """Replicate's FLUX.2 `resolution`: "1 MP", "0.5", 2 ... -> megapixels (0.25..4)."""
+    text = str(value).strip().lower().removesuffix("mp").strip()
+    mp = intake.parse_float(text, param="resolution")
+    if not 0.25 <= mp <= 4:
+        raise InvalidRequest(f"Invalid resolution {value!r}: 0.25 to 4 megapixels.",
+                             param="resolution")
+    return mp
 
 
 def order_for(model: str, inputs: dict[str, Any], webhook_url: str | None,
@@ -192,12 +264,25 @@ async def prediction(services: Services, row: JobRow, *, creating: bool = False,
     if spec.safety_tolerance is not None:
         inputs["safety_tolerance"] = spec.safety_tolerance
     inputs.update(spec.extra)
-    for field, file_id in zip(("input_image", "input_image_2", "input_image_3",
-                               "input_image_4"), spec.input_file_ids, strict=False):
+    stored: list[str | None] = []
+    for file_id in spec.input_file_ids:
         try:  # the stored copy, not the client's (possibly megabytes of base64) reference
-            inputs[field] = services.files.url(file_id, (await services.files.row(file_id)).ext)
+            stored.append(services.files.url(file_id, (await services.files.row(file_id)).ext))
         except NotFound:
-            inputs[field] = None
+            stored.append(None)
+    if spec.family == "kontext":
+        inputs.update(zip(("input_image", "input_image_2", "input_image_3", "input_image_4"),
+                          stored, strict=False))
+    else:
+        inputs.pop("prompt_upsampling", None)
+        if spec.family == "flux3":
+            inputs.pop("seed", None)
+            inputs["aspect_ratio"] = spec.aspect_ratio or "auto"
+            inputs["resolution"] = spec.resolution
+        else:
+            inputs.update(aspect_ratio="custom", width=spec.width, height=spec.height)
+        if stored:
+            inputs["images" if spec.family == "flux3" else "input_images"] = stored
     output = None
     if status is JobStatus.SUCCEEDED and row.outputs:
         first = row.outputs[0]
@@ -269,9 +354,14 @@ async def _create(gate: Gate, owner: str, name: str, body: PredictionRequest, wa
         if "completed" not in body.webhook_events_filter:
             webhook = None  # only the completed event is ever sent
     webhook_url, webhook_secret = await services.webhooks.accept(webhook, None)
-    order = order_for(model, body.input, webhook_url, webhook_secret)
+    if services.jobs.catalogue.family_of(model) == "kontext":
+        order = order_for(model, body.input, webhook_url, webhook_secret)
+    else:
+        order = family_order_for(services, principal, model, body.input, webhook_url,
+                                 webhook_secret)
     refs, order.image_refs = order.image_refs, []
-    await attach_refs(services, principal, refs, order, param="input_image")
+    await attach_refs(services, principal, refs, order,
+                      param=refs[0][0].partition("[")[0] if refs else "input_image")
     [row] = await gate.place(desk, customer_of(principal), order)
     if wait > 0:
         [row] = await services.jobs.wait([row.id], within=wait)

@@ -152,6 +152,9 @@ class ModelCard(BaseModel):
     object: str = "model"
     created: int
     owned_by: str
+    # extra: the model's family, reference limit, size control, fields and their ranges
+    # (gateway/families.py `ModelSpec.capabilities`)
+    capabilities: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

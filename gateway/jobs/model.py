@@ -75,6 +75,13 @@ class JobSpec(BaseModel):
     #: what the creating API repeats when the job's answer is read again (the Responses API:
     #: the request's model name, tools, instructions, metadata); never sent upstream
     echo: dict[str, Any] | None = None
+    # the model family (gateway/families.py) and its size control: FLUX.2's width/height,
+    # FLUX 3's resolution class (width/height then are the size expected back)
+    family: str = "kontext"
+    width: int | None = None
+    height: int | None = None
+    resolution: str | None = None
+    input_pixels: int = 0  # the inputs' pixels, counted by per-megapixel prices
 
 
 class JobOutput(BaseModel):

@@ -21,6 +21,7 @@ from gateway.images.budget import PixelBudget, header_pixels
 from gateway.images.fetch import ImageFetcher
 from gateway.images.masks import load_mask
 from gateway.images.validate import animation, sniff, validate_image
+from gateway.jobs import family_rules
 from gateway.jobs.intake import MAX_SEED
 from gateway.jobs.model import JobSpec, OutputFormat
 from gateway.jobs.service import JobService
@@ -57,6 +58,11 @@ class Order:
     input_ratio: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
     echo: dict[str, Any] | None = None  # JobSpec.echo (the Responses API)
+    # the model family's size control (gateway/jobs/family_rules.py fills them)
+    family: str = "kontext"
+    width: int | None = None
+    height: int | None = None
+    resolution: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +97,22 @@ class OrderDesk:
                 max_pixels=self.limits.max_image_pixels, min_ratio=lo, max_ratio=hi,
                 notes=notes))
 
-    def check_image_count(self, count: int, param: str = "image") -> None:
-        """Raise InvalidRequest (`too_many_images`) above the per-request cap."""
-        if count > self.limits.max_input_images:
+    def check_image_count(self, count: int, param: str = "image",
+                          model: str | None = None) -> None:
+        """Raise InvalidRequest (`too_many_images`) above the per-request cap: the larger of
+        `limits.max_input_images` and the references `model` takes (FLUX.2: 8, FLUX 3: 10)."""
+        cap = self.limits.max_input_images
+        found = self.jobs.catalogue.find(model) if model is not None else None
+        if found is not None:
+            cap = max(cap, found.max_refs)
+        if count > cap:
             raise InvalidRequest(f"{param}: too many input images: {count}; at most "
-                                 f"{self.limits.max_input_images} per request.",
-                                 param=param, code="too_many_images")
+                                 f"{cap} per request.", param=param, code="too_many_images")
 
     async def inputs(self, order: Order) -> list[InputImage]:
         """Every input image of the order, fetched and validated, in order. An animated one
         is used as its first frame, and the order's `notes` say so."""
-        self.check_image_count(len(order.image_refs) + len(order.image_blobs))
+        self.check_image_count(len(order.image_refs) + len(order.image_blobs), model=order.model)
         blobs = list(order.image_blobs)
         if order.image_refs:  # fetched at once, not one after another (chat headers wait)
             try:
@@ -128,8 +139,9 @@ class OrderDesk:
         router = self.jobs.router
         channels = ([router.test_channel] if customer.mode == "test"
                     else [c for c in router.channels if c.serves(model)])
-        slots = max((c.adapter.capabilities.max_input_images for c in channels if c is not None),
-                    default=count)
+        entry = self.jobs.catalogue.spec(model)
+        slots = max((min(c.adapter.capabilities.inputs_for(entry.family.name), entry.max_refs)
+                     for c in channels if c is not None), default=count)
         if slots < count:
             raise InvalidRequest(
                 f"mask: the channels for {model} take at most {slots} input image(s), so the "
@@ -185,6 +197,7 @@ class OrderDesk:
             raise InvalidRequest("prompt must not be empty (image URLs alone are not a prompt).",
                                  param="prompt", code="invalid_prompt")
         images = await self.inputs(order)
+        family_rules.fit_inputs(order, [(i.width, i.height) for i in images])
         files = []
         mask_id = None
         if order.mask is not None and len(images) > 1:
@@ -211,7 +224,10 @@ class OrderDesk:
                     safety_tolerance=order.safety_tolerance,
                     prompt_upsampling=order.prompt_upsampling, extra=dict(order.extra),
                     webhook_url=order.webhook_url, webhook_secret=order.webhook_secret,
-                    echo=order.echo)
+                    echo=order.echo,
+                    family=order.family, width=order.width, height=order.height,
+                    resolution=order.resolution,
+                    input_pixels=sum(i.width * i.height for i in images))
             for i in range(order.n)
         ]
         return specs, files

@@ -23,7 +23,10 @@ _NO_PROVENANCE = ProvenancePolicy(default="off")
 
 
 def asked_ratio(spec: JobSpec, first_input: tuple[int, int] | None) -> float:
-    """The width/height a job asked for: its `aspect_ratio`, else the first input's, else 1."""
+    """The width/height a job asked for: FLUX.2/3's size, else its `aspect_ratio`, else the
+    first input's, else 1."""
+    if spec.family != "kontext" and spec.width and spec.height:
+        return spec.width / spec.height
     if spec.aspect_ratio:
         w, h = spec.aspect_ratio.split(":")
         return float(w) / float(h)

@@ -72,6 +72,7 @@ from gateway.errors import (
     Timeout,
     UpstreamError,
 )
+from gateway.families import Catalogue
 from gateway.images.provenance import has_c2pa
 from gateway.images.stitch import stitch
 from gateway.jobs import channel_state, leases
@@ -79,6 +80,7 @@ from gateway.jobs.connections import job_error_code
 from gateway.jobs.intake import expected_size
 from gateway.jobs.model import JobOutput, JobSpec, JobStatus, OutputFormat, Stage
 from gateway.jobs.provenance import ProvenancePolicy
+from gateway.jobs.quotes import quote_job
 from gateway.jobs.results import finish_result
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
@@ -170,7 +172,8 @@ class JobService:
                  moderation_fee: int = 0, outbox: Outbox | None = None,
                  writer: Writer | None = None,
                  observer: Callable[[JobRow], None] | None = None,
-                 provenance: ProvenancePolicy | None = None) -> None:
+                 provenance: ProvenancePolicy | None = None,
+                 catalogue: Catalogue | None = None) -> None:
         self.sessions = sessions  # reads; every write of a job goes through `writer`
         self.writer = writer or Writer(sessions, group_commit=False)
         self.outbox = outbox  # webhook deliveries, written in the terminal transaction
@@ -181,6 +184,7 @@ class JobService:
         self.settings = settings
         self.moderation_fee = moderation_fee
         self.provenance = provenance  # what results carry (None: nothing, as `off`)
+        self.catalogue = catalogue or Catalogue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._live: dict[str, JobRow] = {}  # job id -> the row its task here works from
@@ -210,11 +214,15 @@ class JobService:
             event.set()
 
     # -- creation -------------------------------------------------------------------------
-    def quote(self, spec: JobSpec) -> int:
-        """Price of one job in micro-units (test-mode keys are never charged)."""
-        width, height = expected_size(spec.aspect_ratio, None)
-        return self.prices.quote(spec.model, spec.operation, group=spec.price_group,
-                                 megapixels=width * height / 1_000_000, mode=spec.key_mode)
+    def quote(self, spec: JobSpec, size: tuple[int, int] | None = None) -> int:
+        """Price of one job in micro-units (test-mode keys are never charged), for the size
+        it asks (the reservation), or for the `size` it came back with (the settlement)."""
+        return quote_job(self.prices, spec, size)
+
+    def slots(self, channel: Channel, spec: JobSpec) -> int:
+        """How many input images `channel` takes for the job's model, natively."""
+        return min(channel.adapter.capabilities.inputs_for(spec.family),
+                   self.catalogue.spec(spec.model).max_refs)
 
     async def create(self, specs: Sequence[JobSpec], *,
                      files: Sequence[FileRow] = ()) -> list[JobRow]:
@@ -435,7 +443,7 @@ class JobService:
             test = self.router.test_channel
             return [test] if test is not None else []
         channels = self.router.candidates(spec.model, claim=False)  # claimed when tried
-        return sorted(channels, key=lambda c: c.adapter.capabilities.max_input_images < inputs)
+        return sorted(channels, key=lambda c: self.slots(c, spec) < inputs)
 
     async def _fit_inputs(self, row: JobRow, spec: JobSpec, channel: Channel,
                           inputs: list[InputImage], stitched: list[InputImage],
@@ -444,7 +452,7 @@ class JobService:
         side by side into one image (heights equalised; cached in `stitched`). Stitching
         records a note on the job and, with no explicit ratio, asks for the first input's
         ratio (the stitched canvas is wider than the image being edited)."""
-        slots = channel.adapter.capabilities.max_input_images
+        slots = self.slots(channel, spec)
         if len(inputs) <= slots:
             return inputs, spec
         if not stitched:
@@ -485,12 +493,18 @@ class JobService:
             safety = min(max(safety, caps.safety_range[0]), caps.safety_range[1])
         first = (inputs[0].width, inputs[0].height) if inputs else None
         width, height = expected_size(spec.aspect_ratio, first)
+        if spec.width and spec.height:  # FLUX.2's asked size, FLUX 3's expected one
+            width, height = spec.width, spec.height
+        if spec.family == "flux3":
+            ratio = spec.aspect_ratio  # FLUX 3's own enum (family_rules), None = auto
         return UpstreamRequest(
             model=channel.upstream_model(spec.model), prompt=spec.prompt,
             operation=spec.operation, images=tuple(inputs), aspect_ratio=ratio,
-            width=width, height=height, seed=spec.seed, output_format=fmt, quality=spec.quality,
-            safety_tolerance=safety, prompt_upsampling=spec.prompt_upsampling,
-            extra=dict(spec.extra))
+            width=width, height=height,
+            seed=None if spec.family == "flux3" else spec.seed, output_format=fmt,
+            quality=spec.quality, safety_tolerance=safety,
+            prompt_upsampling=spec.prompt_upsampling, extra=dict(spec.extra),
+            family=spec.family, resolution=spec.resolution)
 
     async def _submit(self, row: JobRow, spec: JobSpec, inputs: list[InputImage]) -> None:
         """Offer the job to the channels in routing order until one accepts it. When every
@@ -533,7 +547,7 @@ class JobService:
                            inputs: list[InputImage], stitched: list[InputImage]) -> _Attempt:
         """Submit to one channel and, once accepted, follow the job to its end (done=True).
         Refusals that another channel (or a later round) may not meet answer done=False."""
-        if spec.mask_file_id and len(inputs) > channel.adapter.capabilities.max_input_images:
+        if spec.mask_file_id and len(inputs) > self.slots(channel, spec):
             return _Attempt(error=f"channel {channel.name} would stitch the inputs, and a mask "
                             "cannot be placed on a stitched result")
         sent, sent_spec = await self._fit_inputs(row, spec, channel, inputs, stitched)
@@ -735,11 +749,13 @@ class JobService:
             return
         row.outputs = [o.model_dump() for o in outputs]
         _stage(row, Stage.STORED)
-        await self._finish(row, JobStatus.SUCCEEDED, files=staged)
+        # a size-priced model is settled on what came back (never above the reservation)
+        charge = min(row.price, self.quote(spec, (outputs[0].width, outputs[0].height)))
+        await self._finish(row, JobStatus.SUCCEEDED, files=staged, charge=charge)
 
     async def _finish(self, row: JobRow, status: JobStatus, *, code: str | None = None,
                       message: str | None = None, fee: int = 0,
-                      files: Sequence[FileRow] = ()) -> bool:
+                      files: Sequence[FileRow] = (), charge: int | None = None) -> bool:
         """T3: move a job to a terminal state, with its output `files`, and settle or release
         its money, atomically. Answers False when the job was already terminal (nothing
         happens twice); on success the terminal state is kept on `row`.
@@ -749,7 +765,8 @@ class JobService:
         now = _now()
         succeeded = status is JobStatus.SUCCEEDED
         stage = Stage.SETTLED if succeeded else Stage.RELEASED
-        charged = row.price if succeeded else min(max(fee, 0), row.price)
+        charged = (row.price if charge is None else charge) if succeeded \
+            else min(max(fee, 0), row.price)
         ours = self._live.get(row.id) is row  # its progress is ours to write, not a stale read
         changes: dict[str, Any] = {k: getattr(row, k) for k in _PROGRESS} if ours else {}
         changes.update(status=status.value, error_code=code, error_message=message,
@@ -772,7 +789,7 @@ class JobService:
                 await session.execute(insert(_FILES), file_values)
             if row.price > 0:
                 if succeeded:
-                    await ledger.settle(session, row.key_id, row.id, row.price,
+                    await ledger.settle(session, row.key_id, row.id, charged,
                                         upstream_cost=row.upstream_cost)
                 else:
                     await ledger.release(session, row.key_id, row.id, fee=charged, note=code)

@@ -262,7 +262,10 @@ async def test_one_credential_one_channel() -> None:
 async def test_no_credentials_sandbox_serves_everything() -> None:
     router = build_router(Settings(), env={})
     assert [c.kind for c in router.channels] == ["sandbox"]
-    assert set(router.models()) == {"flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev"}
+    # every model of every family (Kontext, FLUX.2, FLUX 3 Image: gateway/families.py)
+    from gateway.families import MODELS
+
+    assert set(router.models()) == {m.id for m in MODELS}
     assert router.test_channel is router.channels[0]
 
 
