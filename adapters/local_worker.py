@@ -92,7 +92,8 @@ def _to_request(req: UpstreamRequest, opts: LocalWorkerOptions, job_id: str) -> 
         body["width"], body["height"] = req.width, req.height
     if req.seed is not None:
         body["seed"] = req.seed
-    steps, guidance = req.extra.get("steps", opts.steps), req.extra.get("guidance", opts.guidance)
+    steps = req.extra.get("steps", req.extra.get("num_inference_steps", opts.steps))
+    guidance = req.extra.get("guidance", opts.guidance)
     if isinstance(steps, int | float) and not isinstance(steps, bool):
         body["steps"] = int(steps)
     if isinstance(guidance, int | float) and not isinstance(guidance, bool):

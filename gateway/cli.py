@@ -512,6 +512,9 @@ def worker(
                                                min=1, max=64)] = 1,
         max_queue: Annotated[int, typer.Option(help="queued jobs before 429", min=1)] = 64,
         max_steps: Annotated[int, typer.Option(help="the most steps a job may ask", min=1)] = 100,
+        max_area: Annotated[int | None, typer.Option(
+            help="render at most this many pixels, same ratio (small GPUs, tests)",
+            min=4096)] = None,
         ) -> None:
     """Run a local diffusers worker for one model (needs `pip install 'fluxgate[worker]'`)."""
     import os
@@ -532,7 +535,7 @@ def worker(
     logcontext.configure("INFO")
     config = WorkerConfig(model_path=model_path, device=device, host=host, port=port,
                           secret=secret, model=model, max_batch=max_batch, max_queue=max_queue,
-                          max_steps=max_steps)
+                          max_steps=max_steps, max_area=max_area)
     try:
         serve_worker(config)
     except (ModelDirError, RuntimeError) as exc:

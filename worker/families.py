@@ -59,6 +59,16 @@ class Family:
 
 FLUX2_MAX_PIXELS = 4 * 1024 * 1024
 
+
+def capped(size: tuple[int, int], max_area: int | None) -> tuple[int, int]:
+    """`size` scaled down (same ratio, multiples of 16, at least 64 px a side) to at most
+    `max_area` pixels: the worker's `--max-area`, for small GPUs and for tests."""
+    width, height = size
+    if not max_area or width * height <= max_area:
+        return size
+    scale = math.sqrt(max_area / (width * height))
+    return max(64, int(width * scale) // 16 * 16), max(64, int(height * scale) // 16 * 16)
+
 FAMILIES: dict[str, Family] = {f.pipeline_class: f for f in (
     Family("kontext", "FluxKontextPipeline", "flux-kontext-dev", 1, 28, 2.5, 16),
     Family("flux2", "Flux2Pipeline", "flux-2-dev", 10, 50, 4.0, 64),

@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.families import Family, detect
+from worker.families import Family, capped, detect
 from worker.jobs import JobBoard, QueueFull
 from worker.pipeline import Loaded, Runner, Work, load
 
@@ -82,6 +82,7 @@ class WorkerConfig:
     max_batch: int = 1
     max_queue: int = 64
     max_steps: int = 100
+    max_area: int | None = None  # render at most this many pixels (same ratio)
 
 
 def _decode_image(text: str, family: Family) -> Image.Image:
@@ -182,7 +183,8 @@ def create_app(loaded: Loaded, config: WorkerConfig) -> FastAPI:
         images = [await anyio.to_thread.run_sync(_decode_image, text, family)
                   for text in body.images]
         first = images[0].size if images else None
-        width, height = family.output_size(body.width, body.height, first)
+        width, height = capped(family.output_size(body.width, body.height, first),
+                               config.max_area)
         work = Work(prompt=body.prompt, width=width, height=height, steps=steps,
                     guidance=family.default_guidance if body.guidance is None
                     else body.guidance,
@@ -227,7 +229,7 @@ def create_app(loaded: Loaded, config: WorkerConfig) -> FastAPI:
             "pipeline": family.pipeline_class, "device": loaded.device, "dtype": loaded.dtype,
             "queue_depth": board.queue_depth(), "running": board.running(),
             "max_batch": board.max_batch, "max_queue": board.max_queue,
-            "max_steps": config.max_steps, "max_input_images": family.max_input_images,
+            "max_steps": config.max_steps, "max_area": config.max_area, "max_input_images": family.max_input_images,
             "memory": _memory(loaded), "images_made": board.images_made,
             "batches_run": board.batches_run})
 

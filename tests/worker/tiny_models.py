@@ -145,3 +145,11 @@ def save_klein(path: Path) -> Path:
                               transformer=transformer, is_distilled=True)
     pipe.save_pretrained(path)
     return path
+
+
+if __name__ == "__main__":  # python -m tests.worker.tiny_models DIR: both pipelines under DIR
+    import sys
+
+    root = Path(sys.argv[1])
+    save_kontext(root / "kontext")
+    save_klein(root / "klein")
