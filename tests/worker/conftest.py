@@ -112,7 +112,7 @@ def launch_worker(model_dir: Path, log_dir: Path, *args: str) -> WorkerProcess:
     env["FLUXGATE_WORKER_SECRET"] = SECRET
     cmd = [sys.executable, "-m", "gateway.cli", "worker", "--model-path", str(model_dir),
            "--device", "cpu", "--port", str(port), "--max-area", str(MAX_AREA),
-           "--max-steps", "2000", *args]
+           "--max-steps", "100000", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return WorkerProcess(f"http://127.0.0.1:{port}", proc, log)

@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import replicate
 from PIL import Image
 
-from tests.conftest import Gateway, ledger_of
+from tests.conftest import Gateway, jobs_of, ledger_of
 from tests.worker.conftest import SECRET, WorkerProcess, wait_until
 
 PRICE = 25_000  # flux-kontext-dev, micro-units
@@ -73,9 +74,16 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def kontext_worker(worker_factory: Callable[..., list[WorkerProcess]],
-                   tiny_models: Path) -> WorkerProcess:
-    return worker_factory(tiny_models / "kontext")[0]
+def kontext_workers(worker_factory: Callable[..., list[WorkerProcess]],
+                    tiny_models: Path) -> list[WorkerProcess]:
+    """Two workers started together: the first serves every test, the second is killed by
+    the last one."""
+    return worker_factory(tiny_models / "kontext", count=2)
+
+
+@pytest.fixture
+def kontext_worker(kontext_workers: list[WorkerProcess]) -> WorkerProcess:
+    return kontext_workers[0]
 
 
 def test_generate_edit_and_same_seed_same_image(
@@ -112,49 +120,45 @@ def test_progress_per_step_and_cancel_between_steps(
         kontext_worker: WorkerProcess, gateway_factory: Callable[..., Gateway],
         secret_env: None) -> None:
     # jobs without `steps` get the channel's default: long enough to watch and cancel
-    gw = gateway_factory(channels=channel([kontext_worker], steps=1500))
+    gw = gateway_factory(channels=channel([kontext_worker], steps=50_000))
     key_id, key = gw.create_key(balance=1_000_000)
-    headers = {"authorization": f"Bearer {key}", "prefer": "respond-async"}
-    resp = httpx.post(f"{gw.base_url}/v1/models/black-forest-labs/flux-kontext-dev/predictions",
-                      headers=headers, json={"input": {"prompt": "a long one", "seed": 3,
-                                                       "input_image": None}}, timeout=60)
-    assert resp.status_code in (200, 201), resp.text
-    prediction = resp.json()
+    client = replicate.Client(api_token=key, base_url=f"{gw.base_url}/replicate")
+    prediction = client.models.predictions.create(
+        model="black-forest-labs/flux-kontext-dev", input={"prompt": "a long one", "seed": 3})
     seen: list[float] = []
 
     def moving() -> bool:
-        body = result(gw, key, prediction["id"])
+        body = result(gw, key, prediction.id)
         if body["status"] == "Pending" and body["progress"] is not None:
             seen.append(body["progress"])
         # per-step progress: strictly between the stage marks, and rising
         inner = [p for p in seen if 0.1 < p < 0.9]
         return len(inner) >= 2 and inner[-1] > inner[0]
     wait_until(moving, 180, "per-step progress")
-    cancel = httpx.post(f"{gw.base_url}/v1/predictions/{prediction['id']}/cancel",
-                        headers=headers, timeout=30)
-    assert cancel.status_code == 200, cancel.text
-    assert cancel.json()["status"] == "canceled"
-    rows = gw.call(gw.services.jobs.get(prediction["id"]))
-    upstream_id = rows.upstream_id
+    prediction.cancel()
+    assert client.predictions.get(prediction.id).status == "canceled"
+    upstream_id = jobs_of(gw, key_id)[0].upstream_id
+    assert upstream_id
 
     def stopped() -> dict[str, Any] | None:
         job = kontext_worker.job(upstream_id)
         return job if job["status"] == "canceled" else None
     job: dict[str, Any] = wait_until(stopped, 60, "the worker to stop")  # type: ignore[assignment]
-    assert 0 < job["step"] < 1500  # stopped between steps, long before the end
+    assert 0 < job["step"] < 50_000  # stopped between steps, long before the end
     balance, total, _ = ledger_of(gw, key_id)
     assert balance == total == 1_000_000  # nothing charged
 
 
 def test_two_workers_one_taken_out_then_killed_mid_run(
-        worker_factory: Callable[..., list[WorkerProcess]], tiny_models: Path,
-        gateway_factory: Callable[..., Gateway], secret_env: None) -> None:
-    a, b = worker_factory(tiny_models / "kontext", count=2)
+        kontext_workers: list[WorkerProcess], gateway_factory: Callable[..., Gateway],
+        secret_env: None) -> None:
+    b, a = kontext_workers  # A (listed first, so it wins ties) is the one killed
+    made = int(b.health()["images_made"])  # type: ignore[call-overload]
     gw = gateway_factory(channels=channel([a, b], lost_after=3))
     key_id, key = gw.create_key(balance=1_000_000)
     b.proc.send_signal(signal.SIGSTOP)  # B stops answering: its health check times out
     try:
-        long_job = create(gw, key, {"prompt": "runs on A", "seed": 1, "steps": 1500})
+        long_job = create(gw, key, {"prompt": "runs on A", "seed": 1, "steps": 50_000})
         wait_until(lambda: a.health()["running"] == 1, 120, "the long job to start on A")
         queued = create(gw, key, {"prompt": "queued on A", "seed": 2, "steps": 2})
         wait_until(lambda: a.health()["queue_depth"] == 1, 120, "the second job to queue on A")
@@ -163,12 +167,12 @@ def test_two_workers_one_taken_out_then_killed_mid_run(
     # B answers again: after `retry_down` it is probed and, least loaded, takes the next job
     third = finished(gw, key, create(gw, key, {"prompt": "on B", "seed": 3, "steps": 2})["id"])
     assert third["status"] == "Ready"
-    assert int(b.health()["images_made"]) == 1  # type: ignore[call-overload]
+    assert int(b.health()["images_made"]) == made + 1  # type: ignore[call-overload]
     os.kill(a.proc.pid, signal.SIGKILL)  # A dies mid-run
     a.proc.wait(timeout=30)
     moved = finished(gw, key, queued["id"])
     assert moved["status"] == "Ready"  # never started on A: it failed over to B
-    assert int(b.health()["images_made"]) == 2  # type: ignore[call-overload]
+    assert int(b.health()["images_made"]) == made + 2  # type: ignore[call-overload]
     lost = finished(gw, key, long_job["id"])
     assert lost["status"] == "Error"  # it had started on A: followed there, then given up
     assert "stopped answering" in lost["details"]["message"]
