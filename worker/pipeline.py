@@ -8,8 +8,10 @@ Contract:
 - `Runner.run(batch)` makes one image per job of a batch of compatible jobs (same size, steps,
   guidance and inputs-or-not), in one pipeline call. Each job has its own
   `torch.Generator(device).manual_seed(seed)`: the same seed gives the same bytes on the same
-  device, alone or batched with others on the CPU (diffusers draws each latent from its own
-  generator). Progress is reported per denoising step through the pipeline's
+  device (and batch size). Batched, a job draws the same noise (diffusers draws each latent
+  from its own generator) but the batch's matmuls add up in another order, so its image can
+  differ from the one made alone in the last bits: batching is off by default
+  (`--max-batch 1`). Progress is reported per denoising step through the pipeline's
   `callback_on_step_end`; a batch whose jobs are all canceled stops at the next step
   (`Canceled`).
 """
