@@ -520,9 +520,11 @@ def worker(
     import os
 
     try:
-        from worker.families import ModelDirError
-        from worker.server import WorkerConfig, serve as serve_worker
         import torch  # noqa: F401  (only to say clearly that the extra is missing)
+
+        from worker.families import ModelDirError
+        from worker.server import WorkerConfig
+        from worker.server import serve as serve_worker
     except ImportError as exc:
         typer.echo(f"fluxgate worker: {exc.name or exc} is not installed; install the worker "
                    "extra: pip install 'fluxgate[worker]'", err=True)

@@ -229,7 +229,8 @@ def create_app(loaded: Loaded, config: WorkerConfig) -> FastAPI:
             "pipeline": family.pipeline_class, "device": loaded.device, "dtype": loaded.dtype,
             "queue_depth": board.queue_depth(), "running": board.running(),
             "max_batch": board.max_batch, "max_queue": board.max_queue,
-            "max_steps": config.max_steps, "max_area": config.max_area, "max_input_images": family.max_input_images,
+            "max_steps": config.max_steps, "max_area": config.max_area,
+            "max_input_images": family.max_input_images,
             "memory": _memory(loaded), "images_made": board.images_made,
             "batches_run": board.batches_run})
 

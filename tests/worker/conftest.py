@@ -25,6 +25,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MISSING = [m for m in ("torch", "diffusers", "transformers")
            if importlib.util.find_spec(m) is None]
+if MISSING and os.environ.get("FLUXGATE_REQUIRE_WORKER_TESTS"):
+    raise RuntimeError(f"FLUXGATE_REQUIRE_WORKER_TESTS is set but {', '.join(MISSING)} "
+                       "cannot be imported: install the worker extra")
 if MISSING:
     pytest.skip(f"the worker extra is not installed ({', '.join(MISSING)} missing): "
                 "pip install 'torch==2.13.0' -e '.[worker]'", allow_module_level=True)

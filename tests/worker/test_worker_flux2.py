@@ -31,8 +31,8 @@ def adapter(worker: WorkerProcess, client: httpx.AsyncClient) -> LocalWorkerAdap
     return LocalWorkerAdapter(options, SECRET, None, client)
 
 
-async def done(ad: LocalWorkerAdapter, job: UpstreamJob, timeout: float = 120) -> UpstreamJob:
-    async with asyncio.timeout(timeout):
+async def done(ad: LocalWorkerAdapter, job: UpstreamJob) -> UpstreamJob:
+    async with asyncio.timeout(120):
         while not job.state.terminal:
             await asyncio.sleep(0.05)
             job = await ad.poll(job)

@@ -1,4 +1,4 @@
-"""Tiny random-weight FLUX pipelines built offline on the CPU (see shared/reference/tiny-kontext.md).
+"""Tiny random-weight FLUX pipelines built offline on the CPU (shared/reference/tiny-kontext.md).
 
 `save_kontext(dir)` writes a `FluxKontextPipeline` and `save_klein(dir)` a FLUX.2 klein
 (`Flux2KleinPipeline`) with the real models' packing geometry (VAE scale 8, 2x2 patches) and
@@ -61,8 +61,12 @@ def _eval(*modules: torch.nn.Module) -> None:
 
 def save_kontext(path: Path) -> Path:
     """Write a tiny `FluxKontextPipeline` (Kontext-dev geometry, guidance embeds) to `path`."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler,
-                           FluxKontextPipeline, FluxTransformer2DModel)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxTransformer2DModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
@@ -119,8 +123,12 @@ def _qwen_tokenizer():  # type: ignore[no-untyped-def]
 
 def save_klein(path: Path) -> Path:
     """Write a tiny FLUX.2 klein pipeline (`Flux2KleinPipeline`, distilled) to `path`."""
-    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler,
-                           Flux2KleinPipeline, Flux2Transformer2DModel)
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
