@@ -519,10 +519,17 @@ def worker(
     """Run a local diffusers worker for one model (needs `pip install 'fluxgate[worker]'`)."""
     import os
 
-    try:
-        import torch  # noqa: F401  (only to say clearly that the extra is missing)
+    from worker.families import ModelDirError, detect
 
-        from worker.families import ModelDirError
+    try:  # a wrong folder is refused before the slow imports
+        detect(model_path)
+    except ModelDirError as exc:
+        typer.echo(f"fluxgate worker: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        import diffusers  # noqa: F401  (only to say clearly that the extra is missing)
+        import torch  # noqa: F401
+
         from worker.server import WorkerConfig
         from worker.server import serve as serve_worker
     except ImportError as exc:
