@@ -521,6 +521,11 @@ def worker(
 
     from worker.families import ModelDirError, detect
 
+    secret = os.environ.get(secret_env) or None
+    if secret is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"fluxgate worker: set {secret_env} (the shared secret) to listen on {host}",
+                   err=True)
+        raise typer.Exit(2)
     try:  # a wrong folder is refused before the slow imports
         detect(model_path)
     except ModelDirError as exc:
@@ -536,11 +541,6 @@ def worker(
         typer.echo(f"fluxgate worker: {exc.name or exc} is not installed; install the worker "
                    "extra: pip install 'fluxgate[worker]'", err=True)
         raise typer.Exit(2) from exc
-    secret = os.environ.get(secret_env) or None
-    if secret is None and host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"fluxgate worker: set {secret_env} (the shared secret) to listen on {host}",
-                   err=True)
-        raise typer.Exit(2)
     logcontext.configure("INFO")
     config = WorkerConfig(model_path=model_path, device=device, host=host, port=port,
                           secret=secret, model=model, max_batch=max_batch, max_queue=max_queue,
