@@ -90,7 +90,7 @@ def _to_request(req: UpstreamRequest, opts: LocalWorkerOptions, job_id: str) -> 
                             "output_format": req.output_format}
     if req.width and req.height:
         body["width"], body["height"] = req.width, req.height
-    if req.seed is not None:
+    if req.seed is not None and req.seed >= 0:  # BFL's -1 means "any": the worker draws one
         body["seed"] = req.seed
     steps = req.extra.get("steps", req.extra.get("num_inference_steps", opts.steps))
     guidance = req.extra.get("guidance", opts.guidance)

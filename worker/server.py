@@ -129,7 +129,8 @@ def _memory(loaded: Loaded) -> dict[str, int | None]:
 
 
 def create_app(loaded: Loaded, config: WorkerConfig) -> FastAPI:
-    """The job API over one loaded pipeline; the runner thread runs for the app's lifespan."""
+    """The job API over one loaded pipeline; the runner thread runs for the app's lifespan.
+    (Long for a function: the routes are closures over one board and config, kept together.)"""
     family = loaded.family
     board = JobBoard(Runner(loaded), max_batch=config.max_batch, max_queue=config.max_queue)
     model = config.model or family.model
