@@ -154,7 +154,8 @@ def test_two_workers_one_taken_out_then_killed_mid_run(
         secret_env: None) -> None:
     b, a = kontext_workers  # A (listed first, so it wins ties) is the one killed
     made = int(b.health()["images_made"])  # type: ignore[call-overload]
-    gw = gateway_factory(channels=channel([a, b], lost_after=3))
+    # poll_timeout 5: a loaded machine answers /health slowly; a stopped B still times out
+    gw = gateway_factory(channels=channel([a, b], lost_after=3, poll_timeout=5))
     key_id, key = gw.create_key(balance=1_000_000)
     b.proc.send_signal(signal.SIGSTOP)  # B stops answering: its health check times out
     try:
@@ -164,6 +165,7 @@ def test_two_workers_one_taken_out_then_killed_mid_run(
         wait_until(lambda: a.health()["queue_depth"] == 1, 120, "the second job to queue on A")
     finally:
         b.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: b.health()["status"] == "ok", 120, "B to answer again")
     # B answers again: after `retry_down` it is probed and, least loaded, takes the next job
     third = finished(gw, key, create(gw, key, {"prompt": "on B", "seed": 3, "steps": 2})["id"])
     assert third["status"] == "Ready"
