@@ -19,6 +19,17 @@ prefix or a reverse proxy's path):
 - `GET {base}/view?filename=&subfolder=&type=output` -> the image bytes (SaveImage writes PNG).
 - `GET {base}/queue` -> `{queue_running: [[number, prompt_id, ...]], queue_pending: [...]}`: read
   when the history is empty, so a job ComfyUI forgot (restart) ends as NOT_FOUND.
+- Newer servers (ComfyUI >= 0.25 takes a client-chosen `prompt_id`; the jobs API is in 0.36,
+  `comfy_execution/jobs.py`): the submit sends `prompt_id` (a lowercase uuid4 we choose; the id
+  the answer names is used, so an older server's own id works too) and polls
+  `GET {api}/jobs/{prompt_id}` (`{api}` = `{base}/api` unless the base already ends in `/api`):
+  `{id, status: pending|in_progress|completed|failed, outputs, execution_status,
+  execution_error}`, 404 with a JSON body when the server knows no such job. It answers queued,
+  running, finished and forgotten apart (`/history` answers `{}` for three of them). A 404 that
+  is not JSON (no such route) or a 405 means an older server: this job, and every later one on
+  this adapter, falls back to `/history` + `/queue`. Cancel: `POST {api}/jobs/{id}/cancel`
+  (since 0.26), else the queue delete + interrupt below. Progress over the websocket is not
+  read (polls only).
 - cancel: `POST {base}/queue {"delete": [prompt_id]}` (if still queued), then
   `POST {base}/interrupt {"prompt_id": prompt_id}` (if running); best effort.
 
@@ -297,6 +308,37 @@ def _from_response(job: UpstreamJob, data: dict[str, Any], base: str,
     return job
 
 
+def _from_job(job: UpstreamJob, data: dict[str, Any], base: str,
+              output_node: str | None = None) -> UpstreamJob:
+    """Update `job` from a `GET /api/jobs/{id}` answer (`{}`: the server knows no such job)."""
+    status = data.get("status")
+    if not data:
+        job.state, job.error_code = UpstreamState.NOT_FOUND, "not_found"
+        job.error_message = "ComfyUI no longer knows this prompt (restarted?)"
+        return job
+    if status in ("pending", "in_progress"):
+        job.state = UpstreamState.PENDING
+        job.handle["running"] = status == "in_progress"
+        return job
+    if status not in ("completed", "failed"):  # only documented words end a job
+        if job.handle.get("unknown_status") != status:
+            log.warning("ComfyUI job %s reports status %r, not a documented one: still "
+                        "polling", job.id, status)
+            job.handle["unknown_status"] = str(status)
+        job.state = UpstreamState.PENDING
+        return job
+    raw = data.get("execution_status")
+    execution: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
+    execution.setdefault("status_str", "error" if status == "failed" else "success")
+    if status == "failed" and data.get("execution_error") and not any(
+            isinstance(m, list) and m and m[0] == "execution_error"
+            for m in execution.get("messages", [])):
+        execution["messages"] = [*execution.get("messages", []),
+                                 ["execution_error", data["execution_error"]]]
+    entry = {"outputs": data.get("outputs") or {}, "status": execution}
+    return _from_response(job, {job.id: entry}, base, output_node)
+
+
 def _execution_error(data: Any) -> str:
     if not isinstance(data, dict):
         return "ComfyUI execution failed"
@@ -325,6 +367,9 @@ class ComfyUIAdapter:
         self._client = client
         self._results = results or client  # result URLs: the gateway's guarded client
         self._workflow = load_workflow(options.workflow_file) if options.workflow_file else None
+        # None: not known yet; False: this server has no /api/jobs (an older ComfyUI)
+        self._jobs_api: bool | None = None
+        self._api = self._base if self._base.endswith("/api") else self._base + "/api"
         slots = image_slots(self._workflow) if self._workflow is not None else MAX_REFERENCES
         self.capabilities = Capabilities(
             models=options.models, max_input_images=slots, min_ratio=3 / 7, max_ratio=7 / 3,
@@ -369,9 +414,10 @@ class ComfyUIAdapter:
         seed = req.seed if req.seed is not None else secrets.randbelow(_MAX_SEED)
         graph = _to_request(req, self.options, names, seed, self._workflow)
         opts = self.options
+        prompt_id = str(uuid.uuid4())  # client-chosen (ComfyUI >= 0.25 keeps it)
         resp = await transport.submit_call(
             self._client, "POST", f"{self._base}/prompt", headers=self._headers(),
-            json={"prompt": graph, "client_id": opts.client_id},
+            json={"prompt": graph, "client_id": opts.client_id, "prompt_id": prompt_id},
             deadline=opts.submit_timeout, phases=self._phases(opts.submit_timeout))
         data = _json_or_none(resp)
         if resp.status_code == 400 and isinstance(data, dict):
@@ -382,7 +428,9 @@ class ComfyUIAdapter:
             raise UpstreamAmbiguous("ComfyUI accepted without a prompt_id",
                                     code="ambiguous_submit")
         job = UpstreamJob(id=data["prompt_id"], handle={
-            "history_path": f"/history/{data['prompt_id']}", "seed": seed}, progress=0.0)
+            "history_path": f"/history/{data['prompt_id']}", "seed": seed,
+            "jobs_path": f"/jobs/{data['prompt_id']}" if self._jobs_api is not False
+            else None}, progress=0.0)
         if data.get("node_errors"):
             await self.cancel(job)
             raise UpstreamRejected(_rejection(data), code="invalid_workflow", retryable=False)
@@ -400,7 +448,35 @@ class ComfyUIAdapter:
                                       code="bad_answer")
         return data
 
+    async def _jobs_answer(self, job: UpstreamJob) -> dict[str, Any] | None:
+        """The /api/jobs/{id} answer; None (and the job falls back to /history) on a server
+        without that route; {} when the server knows no such job."""
+        path = job.handle.get("jobs_path")
+        if not isinstance(path, str) or self._jobs_api is False:
+            return None
+        opts = self.options
+        resp = await transport.poll_call(
+            self._client, "GET", self._api + path, headers=self._headers(),
+            deadline=opts.poll_timeout, phases=self._phases(opts.poll_timeout))
+        data = _json_or_none(resp)
+        if resp.status_code in (404, 405) and not isinstance(data, dict):
+            log.info("ComfyUI at %s has no /api/jobs: polling /history", self._base)
+            self._jobs_api = False
+            job.handle["jobs_path"] = None
+            return None
+        if resp.status_code == 404:
+            return {}
+        transport.raise_for_poll(resp)
+        if not isinstance(data, dict):
+            raise UpstreamUnavailable("ComfyUI /api/jobs answer is not a JSON object",
+                                      code="bad_answer")
+        self._jobs_api = True
+        return data
+
     async def poll(self, job: UpstreamJob) -> UpstreamJob:
+        answer = await self._jobs_answer(job)
+        if answer is not None:
+            return _from_job(job, answer, self._base, self.options.output_node)
         path = str(job.handle.get("history_path") or f"/history/{job.id}")
         data = await self._get(path)
         if job.id in data:
@@ -418,8 +494,23 @@ class ComfyUIAdapter:
         return job
 
     async def cancel(self, job: UpstreamJob) -> None:
-        """Delete the prompt from the queue, then interrupt it if it is running; best effort."""
+        """Cancel through /api/jobs where the server has it; else delete the prompt from the
+        queue, then interrupt it if it is running; best effort."""
         opts = self.options
+        if isinstance(job.handle.get("jobs_path"), str) and self._jobs_api is not False:
+            try:
+                resp = await transport.poll_call(
+                    self._client, "POST", f"{self._api}{job.handle['jobs_path']}/cancel",
+                    headers=self._headers(), json={}, deadline=opts.poll_timeout,
+                    phases=self._phases(opts.poll_timeout))
+            except UpstreamUnavailable as exc:
+                log.info("ComfyUI cancel of %s failed: %s", job.id, exc.message)
+                return
+            if resp.is_success:
+                return
+            if resp.status_code not in (404, 405) or isinstance(_json_or_none(resp), dict):
+                log.info("ComfyUI cancel of %s answered %s", job.id, resp.status_code)
+                return
         for path, body in (("/queue", {"delete": [job.id]}), ("/interrupt", {"prompt_id": job.id})):
             try:
                 if path == "/interrupt" and \

@@ -26,6 +26,12 @@ Wire contract used here:
 - A read timeout after the request was sent is ambiguous (the reseller may have charged);
   never re-submitted.
 - Model names come from the channel's `models` mapping (ours → the reseller's).
+- Open diffusion servers: vLLM-Omni (`vllm serve black-forest-labs/FLUX.2-dev --omni`,
+  docs.vllm.ai/projects/vllm-omni: serving/image_generation_api) and SGLang diffusion
+  (`sglang serve --model-path ...`) answer the same `/v1/images/generations` (and
+  `/images/edits`) with `data[].b64_json`, and take `size`, `seed`, `num_inference_steps` and
+  `guidance_scale` top-level: `diffusion_fields: true`, `kontext_fields: false` (see the README's
+  "Chaining open servers" example). No key unless the server was started with one.
 UNCONFIRMED: which Kontext extras a given reseller honours; whether it bills moderated images.
 """
 
@@ -61,6 +67,9 @@ class OpenAICompatibleOptions(BaseModel):
     response_format: Literal["b64_json", "url"] = "b64_json"
     send_size: bool = True  # send `size` = the expected bucket, e.g. "1392x752"
     kontext_fields: bool = True  # send aspect_ratio/seed/output_format/... as top-level fields
+    # open diffusion servers (vLLM-Omni, SGLang): send the job's `steps` and `guidance` as
+    # `num_inference_steps` and `guidance_scale`, and `seed`, top-level (their own names)
+    diffusion_fields: bool = False
     image_field: str = "image[]"  # multipart field of the input images on /images/edits
     models: tuple[str, ...] = ("flux-kontext-pro", "flux-kontext-max", "flux-kontext-dev")
     max_input_images: int = Field(default=4, ge=1, le=16)
@@ -93,6 +102,16 @@ def _fields(req: UpstreamRequest, opts: OpenAICompatibleOptions) -> dict[str, An
             fields["safety_tolerance"] = req.safety_tolerance
         if req.prompt_upsampling:
             fields["prompt_upsampling"] = True
+    if opts.diffusion_fields:
+        if req.seed is not None:
+            fields["seed"] = req.seed
+        for ours, theirs, kind in (("steps", "num_inference_steps", int),
+                                   ("guidance", "guidance_scale", float)):
+            value = req.extra.get(ours)
+            if ours == "steps" and value is None:
+                value = req.extra.get("num_inference_steps")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                fields[theirs] = kind(value)
     return fields
 
 

@@ -24,6 +24,7 @@ from adapters.base import Adapter
 from adapters.bfl import BflAdapter, BflOptions
 from adapters.comfyui import ComfyUIAdapter, ComfyUIOptions
 from adapters.fal import FalAdapter, FalOptions
+from adapters.local_worker import LocalWorkerAdapter, LocalWorkerOptions
 from adapters.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleOptions
 from adapters.replicate import ReplicateAdapter, ReplicateOptions
 from adapters.sandbox import SandboxAdapter, SandboxOptions
@@ -67,6 +68,12 @@ def _openai(options: Mapping[str, Any], secret: str | None, base_url: str | None
                                    secret, base_url, client, results)
 
 
+def _local_worker(options: Mapping[str, Any], secret: str | None, base_url: str | None,
+                  client: httpx.AsyncClient, _results: httpx.AsyncClient) -> Adapter:
+    return LocalWorkerAdapter(LocalWorkerOptions.model_validate(dict(options)), secret,
+                              base_url, client)
+
+
 FACTORIES: dict[str, AdapterFactory] = {
     "sandbox": _sandbox,
     "bfl": _bfl,
@@ -74,6 +81,7 @@ FACTORIES: dict[str, AdapterFactory] = {
     "fal": _fal,
     "openai": _openai,
     "comfyui": _comfyui,
+    "local_worker": _local_worker,
 }
 
 #: Types that cannot serve anything without a secret.

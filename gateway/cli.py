@@ -1,4 +1,4 @@
-"""The `fluxgate` command: serve, keys, usage, db, webhooks, storage."""
+"""The `fluxgate` command: serve, keys, usage, db, webhooks, storage, worker."""
 
 from __future__ import annotations
 
@@ -534,6 +534,62 @@ def _run_storage(go: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except StorageError as exc:
         typer.echo(f"fluxgate: storage: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+@app.command()
+def worker(
+        model_path: Annotated[Path, typer.Option(
+            "--model-path", help="a diffusers pipeline folder (Kontext dev, FLUX.2 dev or klein)",
+            exists=True, file_okay=False)],
+        device: Annotated[str, typer.Option(help="cuda, cuda:N or cpu")] = "cuda:0",
+        host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8200,
+        secret_env: Annotated[str, typer.Option(
+            help="environment variable holding the shared secret")] = "FLUXGATE_WORKER_SECRET",
+        model: Annotated[str | None, typer.Option(
+            help="the model id to report (default: the family's, e.g. flux-kontext-dev)")] = None,
+        max_batch: Annotated[int, typer.Option(help="compatible jobs per pipeline call",
+                                               min=1, max=64)] = 1,
+        max_queue: Annotated[int, typer.Option(help="queued jobs before 429", min=1)] = 64,
+        max_steps: Annotated[int, typer.Option(help="the most steps a job may ask", min=1)] = 100,
+        max_area: Annotated[int | None, typer.Option(
+            help="render at most this many pixels, same ratio (small GPUs, tests)",
+            min=4096)] = None,
+        ) -> None:
+    """Run a local diffusers worker for one model (needs `pip install 'fluxgate[worker]'`)."""
+    import os
+
+    from worker.families import ModelDirError, detect
+
+    secret = os.environ.get(secret_env) or None
+    if secret is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"fluxgate worker: set {secret_env} (the shared secret) to listen on {host}",
+                   err=True)
+        raise typer.Exit(2)
+    try:  # a wrong folder is refused before the slow imports
+        detect(model_path)
+    except ModelDirError as exc:
+        typer.echo(f"fluxgate worker: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        import diffusers  # noqa: F401  (only to say clearly that the extra is missing)
+        import torch  # noqa: F401
+
+        from worker.server import WorkerConfig
+        from worker.server import serve as serve_worker
+    except ImportError as exc:
+        typer.echo(f"fluxgate worker: {exc.name or exc} is not installed; install the worker "
+                   "extra: pip install 'fluxgate[worker]'", err=True)
+        raise typer.Exit(2) from exc
+    logcontext.configure("INFO")
+    config = WorkerConfig(model_path=model_path, device=device, host=host, port=port,
+                          secret=secret, model=model, max_batch=max_batch, max_queue=max_queue,
+                          max_steps=max_steps, max_area=max_area)
+    try:
+        serve_worker(config)
+    except (ModelDirError, RuntimeError) as exc:
+        typer.echo(f"fluxgate worker: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def main() -> None:

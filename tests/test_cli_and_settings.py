@@ -204,8 +204,8 @@ def test_version(tmp_path: Path) -> None:
     (["serve", "--port", "99999"], None, "Invalid value for '--port'"),
     (["serve"], "channels:\n  - {name: eu, type: bfl, options: {pollinterval: 2}}\n",
      "fluxgate: channels.eu.options.pollinterval: Extra inputs are not permitted"),
-    (["serve"], "channels:\n  - {name: gpu, type: local_worker}\n",
-     "fluxgate: channels.gpu: type 'local_worker' has no adapter in this build"),
+    (["serve"], "channels:\n  - {name: gpu, type: local_worker, options: {worker: x}}\n",
+     "fluxgate: channels.gpu.options.worker: Extra inputs are not permitted"),
 ])
 def test_mistakes_end_in_one_line_not_a_traceback(tmp_path: Path, args: list[str],
                                                   config: str | None, expected: str) -> None:

@@ -68,7 +68,7 @@ router = APIRouter(route_class=DetailErrorRoute, tags=["bfl"], responses=DETAIL_
 MODEL_PATHS = {"flux-kontext-pro": "flux-kontext-pro", "flux-kontext-max": "flux-kontext-max",
                "flux-kontext-dev": "flux-kontext-dev"}
 
-#: coarse progress of a running job by stage (upstreams report none we keep)
+#: coarse progress of a running job by stage (refined by an upstream's own, when it has one)
 _PROGRESS = {Stage.ROUTED.value: 0.05, Stage.SUBMITTED.value: 0.1,
              Stage.UPSTREAM_DONE.value: 0.9, Stage.STORED.value: 0.95}
 
@@ -356,6 +356,10 @@ def result_body(services: Services, row: JobRow) -> dict[str, Any]:
         body["details"] = details
     else:
         body["progress"] = _PROGRESS.get(row.stage, 0.0)
+        upstream = (row.upstream_handle or {}).get("progress")
+        if isinstance(upstream, int | float) and row.stage == Stage.SUBMITTED.value:
+            # the upstream reports its own progress (a local worker: per denoising step)
+            body["progress"] = round(0.1 + 0.8 * min(max(float(upstream), 0.0), 1.0), 4)
     return body
 
 

@@ -658,6 +658,9 @@ class JobService:
                 upstream.retry_after = min(exc.retry_after, 60.0) if exc.retry_after else None
                 continue
             row.polls += 1
+            if upstream.progress is not None:  # the upstream's own (per-step) progress
+                row.upstream_handle = {**(row.upstream_handle or {}),
+                                       "progress": upstream.progress}
         row.upstream_latency = round(time.monotonic() - started, 3)
         cost = channel.cost_per_image
         if cost is None and upstream.cost is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,69 @@ def test_unknown_option_and_bad_workflow_are_refused(client: httpx.AsyncClient,
     bad.write_text(json.dumps({"nodes": [], "links": []}))  # a UI-format save, not API format
     with pytest.raises(ValueError, match="Save \\(API\\)"):
         build_adapter("comfyui", {"workflow_file": str(bad)}, None, None, client)
+
+
+def job_answer(status: str, **extra: Any) -> httpx.Response:
+    """ComfyUI >= 0.36 `GET /api/jobs/{id}` (comfy_execution/jobs.py: normalize_*_item)."""
+    return httpx.Response(200, json={"id": PID, "status": status, "priority": 3, **extra})
+
+
+async def test_client_chosen_prompt_id_and_jobs_api(client: httpx.AsyncClient,
+                                                    mock: respx.MockRouter) -> None:
+    sent: dict[str, Any] = {}
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        sent.update(json.loads(request.content))
+        return httpx.Response(200, json={"prompt_id": sent["prompt_id"], "number": 1,
+                                         "node_errors": {}})
+    mock.post(f"{BASE}/prompt").mock(side_effect=accept)
+    adapter = make(client)
+    job = await adapter.submit(UpstreamRequest(model="flux-kontext-dev", prompt="a fox"))
+    assert job.id == sent["prompt_id"] and str(uuid.UUID(job.id)) == job.id  # lowercase uuid
+    done = dict(history_done()[PID])
+    jobs = mock.get(f"{BASE}/api/jobs/{job.id}").mock(side_effect=[
+        job_answer("pending"), job_answer("in_progress"),
+        job_answer("completed", outputs=done["outputs"], execution_status=done["status"])])
+    history = mock.get(url__startswith=f"{BASE}/history")
+    states = [(await adapter.poll(job)).state for _ in range(3)]
+    assert states == [UpstreamState.PENDING, UpstreamState.PENDING, UpstreamState.SUCCEEDED]
+    assert jobs.call_count == 3 and history.call_count == 0  # no /history, no /queue
+    assert [o.url for o in job.outputs] == [
+        f"{BASE}/view?filename=fluxgate_00001_.png&subfolder=&type=output"]
+
+
+async def test_jobs_api_failure_unknown_and_cancel(client: httpx.AsyncClient,
+                                                   mock: respx.MockRouter) -> None:
+    adapter = make(client)
+    handle = {"history_path": f"/history/{PID}", "jobs_path": f"/jobs/{PID}"}
+    error = {"node_id": "8", "node_type": "KSampler", "exception_type": "RuntimeError",
+             "exception_message": "boom"}
+    mock.get(f"{BASE}/api/jobs/{PID}").mock(side_effect=[
+        job_answer("failed", outputs={}, execution_error=error,
+                   execution_status={"status_str": "error", "messages": []}),
+        httpx.Response(404, json={"error": "Job not found"})])
+    failed = await adapter.poll(UpstreamJob(id=PID, handle=dict(handle)))
+    assert failed.state is UpstreamState.FAILED
+    assert failed.error_message == "KSampler (node 8): RuntimeError: boom"
+    gone = await adapter.poll(UpstreamJob(id=PID, handle=dict(handle)))
+    assert gone.state is UpstreamState.NOT_FOUND
+    cancel = mock.post(f"{BASE}/api/jobs/{PID}/cancel").mock(return_value=httpx.Response(200))
+    interrupt = mock.post(f"{BASE}/interrupt")
+    await adapter.cancel(UpstreamJob(id=PID, handle=dict(handle)))
+    assert cancel.call_count == 1 and interrupt.call_count == 0
+
+
+async def test_older_server_falls_back_to_history(client: httpx.AsyncClient,
+                                                  mock: respx.MockRouter) -> None:
+    # aiohttp's own 404 for a route the server does not have: plain text, not JSON
+    jobs = mock.get(f"{BASE}/api/jobs/{PID}").mock(
+        return_value=httpx.Response(404, text="404: Not Found"))
+    mock.get(f"{BASE}/history/{PID}").mock(return_value=httpx.Response(200, json=history_done()))
+    mock.post(f"{BASE}/prompt").mock(return_value=queued())
+    adapter = make(client)
+    job = await adapter.submit(UpstreamRequest(model="flux-kontext-dev", prompt="a fox"))
+    job = await adapter.poll(job)
+    assert job.state is UpstreamState.SUCCEEDED
+    later = await adapter.submit(UpstreamRequest(model="flux-kontext-dev", prompt="again"))
+    assert later.handle["jobs_path"] is None  # known now: later jobs go straight to /history
+    assert jobs.call_count == 1

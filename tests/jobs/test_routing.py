@@ -289,7 +289,7 @@ async def test_missing_secret_disables_with_reason() -> None:
 @pytest.mark.parametrize("channel", [
     {"name": "x", "type": "bfl", "options": {"no_such_option": 1}},
     {"name": "x", "type": "openai"},  # no base_url
-    {"name": "x", "type": "local_worker"},  # no adapter in this build
+    {"name": "x", "type": "local_worker", "options": {"workers": "not a list"}},
 ])
 async def test_bad_channel_is_a_config_error(channel: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"channels\.x"):
@@ -301,6 +301,6 @@ async def test_config_example_channels_build() -> None:
     env = {"BFL_API_KEY": "b", "FAL_KEY": "f", "REPLICATE_API_TOKEN": "r"}
     router = build_router(cfg, env=env, rng=random.Random(0))
     assert {c.kind for c in router.channels} == {"bfl", "fal", "replicate", "openai", "comfyui",
-                                                   "sandbox"}
+                                                   "local_worker", "sandbox"}
     assert [c.name for c in router.candidates("flux-kontext-pro")] == ["bfl", "fal", "replicate"]
     assert router.test_channel is not None and router.test_channel.kind == "sandbox"
