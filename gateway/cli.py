@@ -135,10 +135,11 @@ def serve(config: ConfigOpt = None,
     settings = _settings(config, **overrides)
     logcontext.configure(settings.log_level, settings.log_format)
     _preflight(settings)
-    from gateway.serving import GatewayServer
+    from gateway.serving import DRAIN_SECONDS, GatewayServer
 
     uv_config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                               log_level=settings.log_level.lower(), timeout_graceful_shutdown=25,
+                               log_level=settings.log_level.lower(),
+                               timeout_graceful_shutdown=DRAIN_SECONDS,
                                proxy_headers=False,  # the app applies `trusted_proxies` itself
                                # one format: uvicorn's loggers go to ours; the app writes the
                                # access lines (gateway/logcontext.py)
