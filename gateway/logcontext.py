@@ -49,6 +49,7 @@ LogFormat = Literal["text", "json"]
 JSON_FIELDS = ("time", "level", "logger", "message", "request_id", "job_id", "channel")
 PROMPT_CHARS = 200
 access_log = logging.getLogger("gateway.access")
+_QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 job_log = logging.getLogger("gateway.jobs.finished")
 
 
@@ -121,7 +122,8 @@ class RequestIdMiddleware:
 
 class AccessLogMiddleware:
     """One INFO line per answered request on `gateway.access`: method, route template,
-    status, duration and the key's id (set by authentication on `request.state`)."""
+    status, duration and the key's id (set by authentication on `request.state`); DEBUG for
+    successful probes and scrapes."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -145,8 +147,10 @@ class AccessLogMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             principal = (scope.get("state") or {}).get("principal")
             duration = round((time.perf_counter() - started) * 1000, 1)
-            access_log.info("%s %s %d %.1f ms", scope["method"], route, status, duration,
-                            extra={"method": scope["method"], "route": route,
-                                   "path": scope.get("path", ""), "status": status,
-                                   "duration_ms": duration,
-                                   "key_id": getattr(principal, "key_id", None)})
+            # probes and scrapes arrive every few seconds: DEBUG while they succeed
+            level = logging.DEBUG if route in _QUIET and status < 400 else logging.INFO
+            access_log.log(level, "%s %s %d %.1f ms", scope["method"], route, status, duration,
+                           extra={"method": scope["method"], "route": route,
+                                  "path": scope.get("path", ""), "status": status,
+                                  "duration_ms": duration,
+                                  "key_id": getattr(principal, "key_id", None)})
