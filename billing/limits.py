@@ -87,8 +87,10 @@ class RateLimiter:
     def __init__(self, storage_url: str | None = None, *, strategy: Strategy = "moving-window",
                  period: int = 60, timeout: float = 0.25, replicas: int = 1,
                  cooldown: float = 5.0, key_prefix: str = "fluxgate",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 observe: Callable[[float], None] | None = None) -> None:
         self.period = period
+        self.observe = observe  # told the seconds of each backend (Redis) call that answered
         self.timeout = timeout
         self.replicas = max(1, replicas)
         self.cooldown = cooldown
@@ -118,9 +120,13 @@ class RateLimiter:
         if self._primary is not None:
             if self._clock() >= self._skip_until:
                 try:
-                    return await asyncio.wait_for(
+                    started = time.perf_counter()
+                    decided = await asyncio.wait_for(
                         self._decide(self._primary, self._item(limit), key_id),
                         self.timeout * 2)
+                    if self.observe is not None:
+                        self.observe(time.perf_counter() - started)
+                    return decided
                 except Exception as exc:  # fail open: any backend failure or timeout
                     self.backend_errors += 1
                     self._skip_until = self._clock() + self.cooldown

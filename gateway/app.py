@@ -54,7 +54,9 @@ from gateway.jobs.channel_state import ChannelStateSync
 from gateway.jobs.provenance import ProvenancePolicy
 from gateway.jobs.routing import build_router
 from gateway.jobs.service import JobService
-from gateway.logcontext import RequestIdMiddleware
+from gateway.jobs.telemetry import JobTelemetry
+from gateway.logcontext import AccessLogMiddleware, RequestIdMiddleware
+from gateway.loop_lag import LoopLagMonitor
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.serving import DrainMiddleware
 from gateway.settings import ConfigError, Settings
@@ -63,6 +65,7 @@ from gateway.storage.base import Storage, StorageError
 from gateway.storage.files import FileStore
 from gateway.storage.local import LocalStorage
 from gateway.storage.signing import UrlSigner, load_or_create_secret
+from gateway.tracing import Tracing, build_tracing
 from gateway.webhooks.service import WebhookService, gateway_secret
 
 log = logging.getLogger("gateway")
@@ -122,8 +125,9 @@ async def close_storage(storage: Storage) -> None:
         await aclose()
 
 
-async def build_services(settings: Settings) -> Services:
-    """Create every long-lived component (call `close_services` to release them)."""
+async def build_services(settings: Settings, tracing: Tracing | None = None) -> Services:
+    """Create every long-lived component (call `close_services` to release them); with
+    `tracing`, jobs get spans and every channel's HTTP clients send `traceparent`."""
     try:  # the signing key's files are read once, here
         provenance = ProvenancePolicy.from_settings(settings.provenance)
     except ValueError as exc:
@@ -134,6 +138,8 @@ async def build_services(settings: Settings) -> Services:
                          max_overflow=db.max_overflow, pool_timeout=db.pool_timeout)
     transactions = TransactionCounter()
     transactions.attach(engine)
+    metrics = Metrics()
+    metrics.watch_engine(engine)  # statement latency
     if settings.auto_migrate:
         await upgrade(engine)
     sessions = make_sessionmaker(engine)
@@ -142,22 +148,28 @@ async def build_services(settings: Settings) -> Services:
     signer = UrlSigner(secret, settings.resolved_public_base_url, settings.storage.url_ttl)
     file_store = FileStore(storage, sessions, signer)
     router = build_router(settings)  # each channel owns its pools (jobs/connections.py)
+    if tracing is not None:
+        for channel in router.channels:
+            if channel.clients is not None:
+                tracing.instrument(channel.clients.api)
+                tracing.instrument(channel.clients.results)
     fetcher = ImageFetcher(max_bytes=settings.limits.max_image_bytes,
                            timeout=settings.limits.fetch_timeout,
                            allow=settings.limits.fetch_allow)
     prices = price_table(settings)
     webhooks = WebhookService(sessions=sessions, files=file_store, settings=settings.webhooks,
                               secret=gateway_secret(settings),
-                              allow=settings.limits.fetch_allow)
+                              allow=settings.limits.fetch_allow,
+                              observer=metrics.webhook_outcome)
     # SQLite has one writer at a time: the job pipeline's writes are grouped into shared
     # transactions instead of queueing for the lock; PostgreSQL runs them side by side
     writer = Writer(sessions, group_commit=engine.dialect.name == "sqlite")
-    metrics = Metrics()
+    telemetry = JobTelemetry(metrics, tracing, log_prompts=settings.log_prompts)
     jobs = JobService(sessions=sessions, router=router, files=file_store, prices=prices,
-                      settings=settings.jobs, writer=writer, observer=metrics.job_finished,
+                      settings=settings.jobs, writer=writer, observer=telemetry.finished,
                       moderation_fee=to_micro(settings.billing.moderation_fee),
                       outbox=webhooks.outbox, catalogue=settings.model_catalogue(),
-                      provenance=provenance)
+                      provenance=provenance, telemetry=telemetry)
     channel_sync = ChannelStateSync(sessions, router, settings.jobs.channel_sync_interval)
     await channel_sync.apply()  # stored disables hold from the first request on
     services = Services(
@@ -168,7 +180,9 @@ async def build_services(settings: Settings) -> Services:
         fetcher=fetcher, jobs=jobs, prices=prices, webhooks=webhooks,
         rate_limiter=RateLimiter(settings.redis_url, timeout=settings.limits.rate_limit_timeout,
                                  cooldown=settings.limits.rate_limit_cooldown,
-                                 replicas=settings.limits.replicas))
+                                 replicas=settings.limits.replicas,
+                                 observe=metrics.redis_seconds.observe),
+        tracing=tracing)
     metrics.watch(services)
     return services
 
@@ -184,6 +198,8 @@ async def close_services(services: Services) -> None:
     await services.router.aclose()
     await close_storage(services.files.storage)
     await services.engine.dispose()
+    if services.tracing is not None:
+        services.tracing.shutdown()
 
 
 def startup_report(services: Services) -> list[str]:
@@ -222,10 +238,11 @@ def tune_gc() -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     """The ASGI application for `settings`."""
+    tracing = build_tracing(settings.tracing)  # None unless tracing.enabled
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await build_services(settings)
+        services = await build_services(settings, tracing)
         app.state.services = services
         app.state.drain = services.jobs.drain  # called by GatewayServer when a stop begins
         for line in startup_report(services):
@@ -238,9 +255,12 @@ def create_app(settings: Settings) -> FastAPI:
                                      name="idempotency-purge") if interval else None)
         # orphan sweep (issue 17 item 6; gateway/storage/sweep.py)
         sweeper = storage_sweep.start(services.files.storage, services.sessions, settings)
+        loop_lag = LoopLagMonitor(services.metrics.loop_lag.observe)
+        loop_lag.start()
         try:
             yield
         finally:
+            await loop_lag.close()
             await storage_sweep.stop(sweeper)
             if purge is not None:
                 purge.cancel()
@@ -260,7 +280,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings.limits) + 1024 * 1024)
     app.add_middleware(MetricsMiddleware)  # requests by route template and status
     app.add_middleware(DrainMiddleware)  # a stop under way: 503 + Retry-After to newcomers
+    app.add_middleware(AccessLogMiddleware)  # one log line per request (gateway/logcontext.py)
     app.add_middleware(RequestIdMiddleware)
+    if tracing is not None:  # a span per request, around everything but the proxy headers
+        middleware, options = tracing.middleware()
+        app.add_middleware(middleware, **options)
     # outermost: the client address behind a trusted reverse proxy, for IP allow-lists and logs
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)

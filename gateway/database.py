@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -204,8 +204,17 @@ def _upgrade(connection: Connection, url: str) -> None:
     command.upgrade(cfg, "head")
 
 
+#: the PostgreSQL advisory lock `upgrade` holds: any 64-bit number, the same for every replica
+MIGRATION_LOCK = 0x666C7578_67617465  # "fluxgate"
+
+
 async def upgrade(engine: AsyncEngine) -> None:
-    """Apply every pending migration."""
+    """Apply every pending migration. On PostgreSQL, replicas starting together (each pod's
+    init step, or `auto_migrate`) take turns: the migration transaction holds an advisory
+    lock, and whoever comes second finds the schema at head."""
     url = engine.url.render_as_string(hide_password=False)
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK})
         await conn.run_sync(_upgrade, url)

@@ -22,6 +22,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.api.errors import error_response, family_of
 from gateway.errors import ServiceUnavailable
 
+#: seconds a stop waits for open requests before cancelling them (uvicorn's
+#: timeout_graceful_shutdown, set by `fluxgate serve`); a pod's terminationGracePeriodSeconds
+#: must exceed it plus its preStop pause (deploy/kubernetes/deployment.yaml)
+DRAIN_SECONDS = 25
+
 
 class GatewayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -329,6 +329,20 @@ def _default_aliases() -> dict[str, str]:
     return dict(DEFAULT_ALIASES)
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing (needs `pip install 'fluxgate[otel]'`; gateway/tracing.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False  # a span per request and per job stage; traceparent sent upstream
+    # OTLP/HTTP endpoint, e.g. http://otel-collector:4318/v1/traces; None: the exporter's own
+    # default from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, and no
+    # export at all when neither is set
+    otlp_endpoint: str | None = None
+    service_name: str = "fluxgate"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # of new traces (parents' choice kept)
+
+
 class Settings(BaseSettings):
     """Every setting of fluxgate. Build it with `load_settings()`."""
 
@@ -371,6 +385,11 @@ class Settings(BaseSettings):
     # models added to (or changed in) the built-in catalogue: id -> {family: kontext|flux2|
     # flux3, description, aliases, max_refs, bfl_route, price} (see gateway/families.py)
     catalogue: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    # "text" (one readable line) or "json" (one JSON object per line, for log shippers); both
+    # carry request_id, job_id and channel; never keys, secrets or images
+    log_format: Literal["text", "json"] = "text"
+    log_prompts: bool = False  # job log lines include the prompt (first 200 characters)
 
     #: where `data_dir` came from, in words (set by `load_settings`)
     _data_dir_origin: str = PrivateAttr(default="the default for this user")

@@ -24,6 +24,7 @@ from gateway.jobs.service import JobService
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.storage.files import FileStore
+from gateway.tracing import Tracing
 from gateway.webhooks.service import WebhookService
 
 
@@ -52,6 +53,7 @@ class Services:
         default_factory=weakref.WeakValueDictionary)
     #: writes that must land before shutdown closes the database (see api/guards.py)
     pending_writes: set[asyncio.Future[None]] = field(default_factory=set)
+    tracing: Tracing | None = None  # OpenTelemetry, when `tracing.enabled` (gateway/tracing.py)
 
 
 def from_sandbox(services: Services, channel: str | None) -> bool:

@@ -59,6 +59,7 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
             raise PermissionDenied("GET /metrics is served to loopback clients only; set "
                                    "metrics_token_env to scrape it from elsewhere.",
                                    code="metrics_forbidden")
+    await services.metrics.refresh(services)  # the database-wide gauges, read now
     return Response(generate_latest(services.metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)
 

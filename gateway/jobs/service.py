@@ -84,6 +84,7 @@ from gateway.jobs.quotes import quote_job
 from gateway.jobs.results import finish_result
 from gateway.jobs.routing import Channel, Router
 from gateway.jobs.tables import JobRow
+from gateway.jobs.telemetry import JobTelemetry
 from gateway.settings import JobSettings
 from gateway.storage.files import FileStore
 from gateway.storage.tables import FileRow
@@ -173,11 +174,13 @@ class JobService:
                  writer: Writer | None = None,
                  observer: Callable[[JobRow], None] | None = None,
                  provenance: ProvenancePolicy | None = None,
-                 catalogue: Catalogue | None = None) -> None:
+                 catalogue: Catalogue | None = None,
+                 telemetry: JobTelemetry | None = None) -> None:
         self.sessions = sessions  # reads; every write of a job goes through `writer`
         self.writer = writer or Writer(sessions, group_commit=False)
         self.outbox = outbox  # webhook deliveries, written in the terminal transaction
         self.observer = observer  # told of each job once it is terminal (metrics)
+        self.telemetry = telemetry or JobTelemetry()  # stage times, upstream errors, spans
         self.router = router
         self.files = files
         self.prices = prices
@@ -200,6 +203,14 @@ class JobService:
     def running(self) -> int:
         """How many jobs run in this process now."""
         return len(self._running)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest job running in this process was created (0: none)."""
+        created = [r.created_at for r in self._live.values() if r.created_at is not None]
+        if not created:
+            return 0.0
+        oldest = _aware(min(created, key=lambda c: _aware(c) or _now()))
+        return max(0.0, (_now() - oldest).total_seconds()) if oldest is not None else 0.0
 
     @property
     def draining(self) -> bool:
@@ -278,6 +289,7 @@ class JobService:
                                          model=row.model)
 
         await self.writer.run(work)
+        self.telemetry.created(rows)
         for row in rows:
             self.start(row)
         return rows
@@ -363,7 +375,8 @@ class JobService:
     async def _run_guarded(self, row: JobRow, adopted: bool) -> None:
         logcontext.job_id.set(row.id)  # this task's own context
         try:
-            await self._run(row, adopted)
+            with self.telemetry.job(row):
+                await self._run(row, adopted)
         except asyncio.CancelledError:
             raise
         except _Superseded as exc:
@@ -554,7 +567,8 @@ class JobService:
         if channel.would_wait(spec.model) and row.status == JobStatus.RUNNING.value:
             # it may wait long for a slot: a restart meanwhile may submit it again
             await self._write_progress(row, status=JobStatus.QUEUED.value)
-        await channel.acquire(spec.model)
+        with self.telemetry.stage("queue", channel.name):
+            await channel.acquire(spec.model)
         probing = channel.breaker.state == "half_open"
         if not channel.breaker.allow():  # opened, or its one probe was taken, meanwhile
             channel.release(spec.model)
@@ -569,7 +583,8 @@ class JobService:
             _stage(row, Stage.ROUTED)
             started = time.monotonic()
             try:
-                with anyio.fail_after(self.settings.submit_timeout):  # None: the adapter's
+                with self.telemetry.stage("submit", channel.name), \
+                        anyio.fail_after(self.settings.submit_timeout):  # None: the adapter's
                     upstream = await channel.adapter.submit(req)
             except UpstreamAuthError as exc:
                 reason = f"{exc.status or ''} {exc.message}".strip()
@@ -630,37 +645,39 @@ class JobService:
         started = started or time.monotonic()
         deadline = _aware(row.deadline_at) or _now() + timedelta(seconds=self.settings.deadline)
         interval = self.settings.poll_initial
-        while not upstream.state.terminal:
-            remaining = (deadline - _now()).total_seconds()
-            if remaining <= 0:
-                await self._time_out(row, channel, upstream)
-                return
-            # the upstream's hint wins (it may ask for less, or for more after a 429/503)
-            # ...else back off, never faster than the process's poll budget allows
-            own = max(interval, len(self._running) / self.settings.poll_rate)
-            wait = upstream.retry_after if upstream.retry_after is not None \
-                else own * random.uniform(0.8, 1.2)
-            await asyncio.sleep(max(0.01, min(wait, remaining)))
-            interval = min(interval * 1.5, self.settings.poll_max)
-            remaining = (deadline - _now()).total_seconds()
-            if remaining <= 0:
-                await self._time_out(row, channel, upstream)
-                return
-            try:
-                upstream.retry_after = None  # a hint holds for one poll only
-                with anyio.fail_after(remaining):
-                    upstream = await channel.adapter.poll(upstream)
-            except TimeoutError:
-                await self._time_out(row, channel, upstream)
-                return
-            except UpstreamUnavailable as exc:
-                log.warning("job %s: poll failed (%s); retrying", row.id, exc.message)
-                upstream.retry_after = min(exc.retry_after, 60.0) if exc.retry_after else None
-                continue
-            row.polls += 1
-            if upstream.progress is not None:  # the upstream's own (per-step) progress
-                row.upstream_handle = {**(row.upstream_handle or {}),
-                                       "progress": upstream.progress}
+        with self.telemetry.stage("upstream", channel.name):
+            while not upstream.state.terminal:
+                remaining = (deadline - _now()).total_seconds()
+                if remaining <= 0:
+                    await self._time_out(row, channel, upstream)
+                    return
+                # the upstream's hint wins (it may ask for less, or for more after a 429/503)
+                # ...else back off, never faster than the process's poll budget allows
+                own = max(interval, len(self._running) / self.settings.poll_rate)
+                wait = upstream.retry_after if upstream.retry_after is not None \
+                    else own * random.uniform(0.8, 1.2)
+                await asyncio.sleep(max(0.01, min(wait, remaining)))
+                interval = min(interval * 1.5, self.settings.poll_max)
+                remaining = (deadline - _now()).total_seconds()
+                if remaining <= 0:
+                    await self._time_out(row, channel, upstream)
+                    return
+                try:
+                    upstream.retry_after = None  # a hint holds for one poll only
+                    with anyio.fail_after(remaining):
+                        upstream = await channel.adapter.poll(upstream)
+                except TimeoutError:
+                    await self._time_out(row, channel, upstream)
+                    return
+                except UpstreamUnavailable as exc:
+                    log.warning("job %s: poll failed (%s); retrying", row.id, exc.message)
+                    self.telemetry.upstream_error(channel.name, "upstream", exc)
+                    upstream.retry_after = min(exc.retry_after, 60.0) if exc.retry_after else None
+                    continue
+                row.polls += 1
+                if upstream.progress is not None:  # the upstream's own (per-step) progress
+                    row.upstream_handle = {**(row.upstream_handle or {}),
+                                           "progress": upstream.progress}
         row.upstream_latency = round(time.monotonic() - started, 3)
         cost = channel.cost_per_image
         if cost is None and upstream.cost is not None:
@@ -685,6 +702,7 @@ class JobService:
     async def _time_out(self, row: JobRow, channel: Channel, upstream: UpstreamJob) -> None:
         """The deadline passed: the job fails now; the upstream is asked to cancel afterwards,
         in the background, so the deadline holds however slow the upstream is."""
+        self.telemetry.upstream_error(channel.name, "upstream", TimeoutError())
         await self._fail(row, "timeout", "The upstream did not finish the image "
                          f"within {self.settings.deadline:.0f} s.")
         task = asyncio.create_task(self._cancel_upstream(channel, upstream),
@@ -706,7 +724,8 @@ class JobService:
         a transient failure (UpstreamUnavailable) is retried, at most `_DOWNLOAD_ATTEMPTS`
         times with jittered backoff; an expired URL (UpstreamRejected) is not. Raises the
         last error, or TimeoutError."""
-        with anyio.fail_after(self.settings.download_timeout):
+        with self.telemetry.stage("download", channel.name), \
+                anyio.fail_after(self.settings.download_timeout):
             for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
                 try:
                     return await channel.adapter.download(output)
@@ -715,6 +734,7 @@ class JobService:
                         raise
                     log.warning("download attempt %d failed (%s); retrying", attempt,
                                 exc.message)
+                    self.telemetry.upstream_error(channel.name, "download", exc)
                     await asyncio.sleep(random.uniform(0, 0.5 * 2 ** attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -726,17 +746,21 @@ class JobService:
             for output in upstream.outputs:
                 data = output.data if output.data is not None \
                     else await self._download(channel, output)
-                try:  # format, ratio, quality and mask as asked (gateway/images/output.py)
-                    done = await finish_result(self.files, spec, data, fit=channel.settings.fit,
-                                               provenance=self.provenance,
-                                               channel_type=channel.kind)
-                except InvalidRequest as exc:
-                    raise UpstreamRejected(f"the result is unusable: {exc.message}") from exc
-                data, size = done.data, (done.width, done.height)
-                if done.notes:  # what the output pipeline changed, after the job's own notes
-                    row.spec = {**row.spec, "notes": [*row.spec.get("notes", []), *done.notes]}
-                stored = await self.files.stage(data, done.mime, kind="output", job_id=row.id,
-                                                key_id=row.key_id, size=size)
+                with self.telemetry.stage("store", channel.name):
+                    try:  # format, ratio, quality and mask as asked (gateway/images/output.py)
+                        done = await finish_result(self.files, spec, data,
+                                                   fit=channel.settings.fit,
+                                                   provenance=self.provenance,
+                                                   channel_type=channel.kind)
+                    except InvalidRequest as exc:
+                        raise UpstreamRejected(f"the result is unusable: {exc.message}") \
+                            from exc
+                    data, size = done.data, (done.width, done.height)
+                    if done.notes:  # what the output pipeline changed, after the job's notes
+                        row.spec = {**row.spec,
+                                    "notes": [*row.spec.get("notes", []), *done.notes]}
+                    stored = await self.files.stage(data, done.mime, kind="output",
+                                                    job_id=row.id, key_id=row.key_id, size=size)
                 staged.append(stored)
                 outputs.append(JobOutput(file_id=stored.id, ext=stored.ext,
                                          content_type=stored.content_type, width=size[0],
@@ -800,7 +824,8 @@ class JobService:
                 if self.outbox is not None and final is not None else None
             return True, queued is not None
 
-        done, queued = await self.writer.run(work)
+        with self.telemetry.stage("settle", row.channel):
+            done, queued = await self.writer.run(work)
         if not done:
             return False
         for key, value in changes.items():

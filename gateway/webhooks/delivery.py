@@ -99,8 +99,10 @@ class DeliveryWorker:
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession],
                  settings: WebhookSettings, signer: Signer, box: SecretBox,
                  transport: httpx.AsyncBaseTransport, clock: Clock = _now,
-                 sleep: Sleep | None = None, rng: random.Random | None = None) -> None:
+                 sleep: Sleep | None = None, rng: random.Random | None = None,
+                 observer: Callable[[str], None] | None = None) -> None:
         self.sessions = sessions
+        self.observer = observer  # told each attempt's outcome: delivered|retry|failed|disabled
         self.settings = settings
         self.signer = signer
         self.box = box
@@ -368,6 +370,8 @@ class DeliveryWorker:
                 update(WebhookDeliveryRow).where(WebhookDeliveryRow.id == row.id,
                                                  WebhookDeliveryRow.lease_token == token)
                 .values(**values))
+        if self.observer is not None:
+            self.observer("retry" if status == PENDING else str(status))
 
     async def replay(self, delivery_id: str) -> bool:
         """`outbox.replay` now, then wake the worker."""

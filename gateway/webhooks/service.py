@@ -18,7 +18,7 @@ restarts. Requests without one are signed with the gateway-wide `whsec_` secret
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -57,7 +57,8 @@ class WebhookService:
                  settings: WebhookSettings, secret: str, allow: Sequence[str] = (),
                  resolver: Resolver | None = None, clock: Clock = _now,
                  sleep: Sleep | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 observer: Callable[[str], None] | None = None) -> None:
         try:
             key = parse_secret(secret)
         except SecretError as exc:
@@ -68,7 +69,7 @@ class WebhookService:
         self.outbox = Outbox(files, clock=clock)
         self.worker = DeliveryWorker(sessions=sessions, settings=settings, signer=Signer(key),
                                      box=self.box, transport=transport or self.guard,
-                                     clock=clock, sleep=sleep)
+                                     clock=clock, sleep=sleep, observer=observer)
         self.outbox.subscribe(self.worker.wake)
 
     async def accept(self, url: str | None, secret: str | None) -> tuple[str | None, str | None]:
