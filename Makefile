@@ -34,11 +34,12 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	$(BIN)/fluxgate serve $(ARGS)
 
-# the tests mostly wait on servers and upstreams: 3 workers even on 2 cores (TEST_WORKERS=0: one)
+# the tests mostly wait on servers and upstreams: 3 workers even on 2 cores (TEST_WORKERS=0: one);
+# loadgroup keeps each `xdist_group` (the worker tests) in one process
 TEST_WORKERS ?= 3
 
 test: install-dev
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check gateway adapters billing worker tests bench

@@ -35,6 +35,7 @@ transports; this one connects directly.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -44,9 +45,21 @@ import httpcore
 import httpx
 from yarl import URL
 
-__all__ = ["AiohttpPool", "AiohttpTransport"]
+__all__ = ["AiohttpPool", "AiohttpTransport", "tls_context", "verifying_context"]
 
 _DROPPED_HEADERS = frozenset({b"content-length", b"transfer-encoding"})  # aiohttp sets them
+
+
+@functools.cache
+def verifying_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+def tls_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
+    """The TLS context for `verify`: True is one verifying context (certifi's roots) per
+    process, shared by every client: loading the roots costs ~30 ms of CPU each time, and a
+    gateway start would otherwise load them for each channel, fetcher and webhook client."""
+    return verifying_context() if verify is True else verify
 
 
 def _error(exc: BaseException) -> Exception:
@@ -158,9 +171,8 @@ class AiohttpTransport(httpx.AsyncHTTPTransport):
     def __init__(self, *, verify: ssl.SSLContext | bool = True,
                  limits: httpx.Limits | None = None) -> None:
         limits = limits or httpx.Limits()
-        super().__init__(verify=verify, limits=limits, retries=0)
-        context = (verify if isinstance(verify, ssl.SSLContext) or verify is False
-                   else httpx.create_ssl_context(verify=verify))
+        context = tls_context(verify)
+        super().__init__(verify=context, limits=limits, retries=0)
         self._pool = AiohttpPool(  # type: ignore[assignment]
             ssl_context=context, max_connections=limits.max_connections,
             keepalive_expiry=limits.keepalive_expiry)

@@ -135,17 +135,14 @@ def serve(config: ConfigOpt = None,
     settings = _settings(config, **overrides)
     logcontext.configure(settings.log_level, settings.log_format)
     _preflight(settings)
-    from gateway.serving import DRAIN_SECONDS, GatewayServer
+    from gateway.serving import GatewayServer, server_config
 
-    uv_config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                               log_level=settings.log_level.lower(),
-                               timeout_graceful_shutdown=DRAIN_SECONDS,
-                               proxy_headers=False,  # the app applies `trusted_proxies` itself
-                               # one format: uvicorn's loggers go to ours; the app writes the
-                               # access lines (gateway/logcontext.py)
-                               log_config=None if settings.log_format == "json" else
-                               uvicorn.config.LOGGING_CONFIG,
-                               access_log=False)
+    uv_config = server_config(create_app(settings), settings,
+                              log_level=settings.log_level.lower(),
+                              # one format: uvicorn's loggers go to ours; the app writes the
+                              # access lines (gateway/logcontext.py)
+                              log_config=None if settings.log_format == "json" else
+                              uvicorn.config.LOGGING_CONFIG)
     tune_gc()
     GatewayServer(uv_config).run()  # a stop answers open requests first (gateway/serving.py)
 

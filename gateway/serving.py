@@ -28,6 +28,16 @@ from gateway.errors import ServiceUnavailable
 DRAIN_SECONDS = 25
 
 
+def server_config(app: Any, settings: Any, **options: Any) -> uvicorn.Config:
+    """The uvicorn settings `fluxgate serve` runs the app with (the tests use the same)."""
+    options.setdefault("timeout_graceful_shutdown", DRAIN_SECONDS)
+    return uvicorn.Config(app, host=settings.host, port=settings.port,
+                          timeout_keep_alive=settings.keep_alive_seconds,
+                          proxy_headers=False,  # the app applies `trusted_proxies` itself
+                          access_log=False,  # the app writes the access lines
+                          **options)
+
+
 class GatewayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         state: Any = getattr(self.config.app, "state", None)

@@ -357,6 +357,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_base_url: str | None = None  # default http://{host}:{port}
+    # seconds an idle client connection is kept open. Longer than the clients' own pool expiry
+    # (httpx, hence the openai SDKs: 5 s; Node's agent: 5 s) and than a load balancer's idle
+    # timeout (AWS ALB 60 s): with both at 5 s, as uvicorn's default, a client reusing a
+    # connection as the server closes it gets a reset on a request it already sent
+    keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
     redis_url: str | None = None
     admin_token: str | None = None
     # GET /metrics wants `Authorization: Bearer $<this variable>`; unset: loopback clients only

@@ -28,7 +28,7 @@ from billing.tables import ApiKeyRow, LedgerRow
 from gateway.api.deps import Services
 from gateway.app import create_app
 from gateway.jobs.tables import JobRow
-from gateway.serving import GatewayServer
+from gateway.serving import GatewayServer, server_config
 from gateway.settings import Settings, load_settings
 
 # The gateway's upstream pool (gateway/aiohttp_transport.py) speaks httpcore's interface: respx
@@ -166,8 +166,8 @@ def start_gateway(data_dir: Path, *, cls: type[Gateway] | None = None,
     settings = load_settings(None, data_dir=data_dir, host="127.0.0.1", port=port,
                              public_base_url=f"http://127.0.0.1:{port}", **overrides)
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
-                            proxy_headers=False)  # as `fluxgate serve`: the app does it
+    config = server_config(app, settings, log_level="warning", lifespan="on",
+                           timeout_graceful_shutdown=1)  # as `fluxgate serve`
     server = GatewayServer(config)  # as `fluxgate serve`
     holder: dict[str, asyncio.AbstractEventLoop] = {}
 

@@ -40,7 +40,7 @@ import anyio
 import httpx
 
 from adapters.transport import DestinationRefused
-from gateway.aiohttp_transport import AiohttpTransport
+from gateway.aiohttp_transport import AiohttpTransport, tls_context
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.images.addresses import (
     AllowList,
@@ -127,8 +127,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self.resolver: Resolver = resolver or system_resolver
         self.schemes = frozenset(schemes)
         self.ports = frozenset(ports)
-        context = (verify if isinstance(verify, ssl.SSLContext) or verify is False
-                   else httpx.create_ssl_context(verify=verify))
+        context = tls_context(verify)
         if inner is None:
 
             def inner() -> httpx.AsyncBaseTransport:

@@ -37,7 +37,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from adapters.base import Adapter
@@ -50,6 +49,7 @@ from adapters.registry import (
     build_adapter,
 )
 from billing.pricing import to_micro
+from gateway.aiohttp_transport import verifying_context
 from gateway.jobs.connections import ChannelClients, channel_clients
 from gateway.settings import ChannelSettings, ConfigError, Settings
 
@@ -350,7 +350,7 @@ def build_router(settings: Settings, *, env: Mapping[str, str] | None = None,
     Raises ConfigError for an unknown channel type or invalid channel options.
     """
     env = os.environ if env is None else env
-    verify = httpx.create_ssl_context()  # one context (CA bundle loaded once) for every pool
+    verify = verifying_context()  # one context (CA bundle loaded once) per process
     channels = [_build_channel(cs, settings, env, clock, verify)
                 for cs in channel_settings(settings, env)]
     names = [c.name for c in channels]

@@ -68,3 +68,28 @@ def test_overload_answers_503_with_retry_after_and_loses_nothing(gateway_factory
     kinds = Counter(kind for kind, _ in rows)
     assert kinds == {"topup": 1, "reserve": statuses[200], "settle": statuses[200]}
     assert balance == total
+
+
+def test_an_idle_connection_outlives_the_clients_pool_expiry(gateway: Gateway) -> None:
+    """httpx (so the openai SDKs) and Node's agent keep an idle connection 5 s; a server that
+    also closes at 5 s (uvicorn's default) races them, and the client's next request on that
+    connection dies with a reset. Idle 6 s, the connection still carries a request."""
+    import socket
+
+    host, port = gateway.base_url.removeprefix("http://").split(":")
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+    def answer(sock: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            assert chunk, f"the server closed the connection (got {data!r})"
+            data += chunk
+        return data
+
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        assert answer(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # idle longer than the clients' own 5 s expiry
+        sock.sendall(request)
+        assert answer(sock).startswith(b"HTTP/1.1 200")

@@ -20,6 +20,9 @@ from PIL import Image
 from tests.conftest import Gateway, jobs_of, ledger_of
 from tests.worker.conftest import SECRET, WorkerProcess, wait_until
 
+# one pytest-xdist process runs every worker test: the tiny pipelines are built once
+pytestmark = pytest.mark.xdist_group("worker")
+
 PRICE = 25_000  # flux-kontext-dev, micro-units
 SECRET_ENV = "FLUXGATE_TEST_WORKER_SECRET"
 

@@ -12,6 +12,9 @@ import pytest
 from tests.worker.conftest import ROOT
 from worker.families import FAMILIES, ModelDirError, capped, detect
 
+# one pytest-xdist process runs every worker test: the tiny pipelines are built once
+pytestmark = pytest.mark.xdist_group("worker")
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli", "worker", *args], cwd=ROOT,

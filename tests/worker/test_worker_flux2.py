@@ -18,6 +18,9 @@ from adapters.base import InputImage, UpstreamJob, UpstreamRequest, UpstreamStat
 from adapters.local_worker import LocalWorkerAdapter, LocalWorkerOptions
 from tests.worker.conftest import SECRET, WorkerProcess, auth, wait_until
 
+# one pytest-xdist process runs every worker test: the tiny pipelines are built once
+pytestmark = pytest.mark.xdist_group("worker")
+
 
 @pytest.fixture(scope="module")
 def klein(worker_factory: Callable[..., list[WorkerProcess]], tiny_models: Path
